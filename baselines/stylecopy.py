@@ -1,0 +1,17 @@
+"""``stylecopy``: returns the style reference, resized to the content. Upper bound on style similarity."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from PIL import Image
+
+from sxbench.interfaces import Method
+
+
+class StyleCopy(Method):
+    name = "stylecopy"
+    reference = "control: output = style reference"
+
+    def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *, seeds: Sequence[int]) -> list[Image.Image]:
+        return [s.resize(c.size, Image.Resampling.LANCZOS) if s.size != c.size else s.copy() for c, s in zip(contents, styles)]

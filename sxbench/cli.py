@@ -1,0 +1,171 @@
+"""``sxbench`` command line: run, list, report, export, data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("sxbench")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _protocol_args(protocol: str) -> tuple[str, dict]:
+    """``folder:PATH`` or an existing path means the folder protocol on that path."""
+    if protocol.startswith("folder:"):
+        return "folder", {"root": protocol.split(":", 1)[1]}
+    if protocol not in ("synth", "synth-smoke", "photos") and ("/" in protocol or Path(protocol).exists()):
+        return "folder", {"root": protocol}
+    return protocol, {}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sxbench import registry
+    from sxbench.runner import DEFAULT_METHODS, RunConfig, run
+
+    name, pargs = _protocol_args(args.protocol)
+    if args.resolution:
+        pargs["resolution"] = args.resolution
+    if args.methods:
+        methods = args.methods
+    else:
+        methods = tuple(m for m in DEFAULT_METHODS if m in registry.methods)
+        missing = [m for m in DEFAULT_METHODS if m not in methods]
+        if missing:
+            log.warning("default methods not installed, skipped: %s", ", ".join(missing))
+    for m in methods:
+        registry.methods.get(m)  # fail fast on a typo, with suggestions, before any work
+    out = Path(args.out) if args.out else Path("reports") / (name if name != "folder" else Path(pargs["root"]).stem or "folder")
+    config = RunConfig(
+        protocol=name, methods=methods, out=out, protocol_args=pargs, seeds=args.seeds, limit=args.limit,
+        metrics=args.metrics, device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+    )
+    t0 = time.perf_counter()
+    summary = run(config)
+    dt = time.perf_counter() - t0
+    print(f"{summary.generated} generated, {summary.skipped} already stored, {summary.failed} failed, "
+          f"{summary.rescored} rescored in {dt:.1f} s")
+    for metric, why in summary.skipped_metrics.items():
+        print(f"skipped metric {metric}: {why}")
+    for line in summary.input_errors:
+        print(f"input error: {line}", file=sys.stderr)
+    print(f"report: {summary.run_dir / 'index.html'}")
+    return 1 if summary.failed_methods and len(summary.failed_methods) == len(methods) else 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from sxbench import registry
+
+    reg = {"methods": registry.methods, "metrics": registry.metrics, "protocols": registry.protocols}[args.what]
+    for name in reg.names():
+        desc = ""
+        try:
+            obj = reg.get(name)
+            if args.what == "metrics":
+                i = obj.info
+                desc = f"{i.group:9s} {'higher' if i.higher_is_better else 'lower ':6s} {i.backbone or 'weight-free':12s} {i.description}"
+            else:
+                desc = ((getattr(obj, "reference", "") or (obj.__doc__ or "").strip().splitlines()[0]) if obj.__doc__ or getattr(obj, "reference", "") else "")
+        except Exception as exc:  # a broken plugin must not hide the others
+            desc = f"(fails to load: {type(exc).__name__}: {exc})"
+        print(f"{name:16s} {desc}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sxbench.report import render
+
+    print(f"report: {render(args.dir)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sxbench.report import export
+
+    print(f"wrote {export(args.dir, args.format, args.output)}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from sxbench.protocols.synth import write_triplets
+
+    manifest = write_triplets(Path(args.out), args.n, args.split, resolution=args.resolution, seed=args.seed,
+                              progress=not args.no_progress)
+    print(f"wrote {args.n} triplets; manifest {manifest}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sxbench", description="Benchmark image stylization methods.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="produce, store and score every (content, style, seed) output; write the report")
+    r.add_argument("--methods", type=_csv, default=None, help="comma-separated method names (default: the baseline set)")
+    r.add_argument("--protocol", default="synth", help="synth, synth-smoke, photos, or a folder/CSV path (folder:PATH)")
+    r.add_argument("--out", default=None, help="run folder (default reports/<protocol>)")
+    r.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default: the protocol's)")
+    r.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    r.add_argument("--metrics", type=_csv, default=None, help="comma-separated metric names (default: the protocol's)")
+    r.add_argument("--resolution", type=int, default=None, help="override the protocol's resolution")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(fn=cmd_run)
+
+    ls = sub.add_parser("list", help="list registered methods, metrics or protocols")
+    ls.add_argument("what", choices=("methods", "metrics", "protocols"))
+    ls.set_defaults(fn=cmd_list)
+
+    rep = sub.add_parser("report", help="re-render DIR/index.html from the store")
+    rep.add_argument("dir")
+    rep.set_defaults(fn=cmd_report)
+
+    ex = sub.add_parser("export", help="write results in long format")
+    ex.add_argument("dir")
+    ex.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    ex.add_argument("--output", default=None, help="default DIR/results.csv or DIR/results.parquet")
+    ex.set_defaults(fn=cmd_export)
+
+    d = sub.add_parser("data", help="write training data")
+    dsub = d.add_subparsers(dest="dataset", required=True)
+    ds = dsub.add_parser("synth", help="synth triplets (content, style reference, target) plus manifest.csv")
+    ds.add_argument("--out", required=True)
+    ds.add_argument("--n", type=int, required=True)
+    ds.add_argument("--split", choices=("seen", "unseen", "all"), default="seen")
+    ds.add_argument("--resolution", type=int, default=128)
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--no-progress", action="store_true")
+    ds.set_defaults(fn=cmd_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("matplotlib", "PIL", "fontTools"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from sxbench.registry import UnknownNameError
+
+    try:
+        return args.fn(args)
+    except (UnknownNameError, FileNotFoundError, ValueError) as exc:
+        print(f"sxbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The ``photos`` protocol: real photographs shipped inside scikit-image's wheel; no targets.
+
+Only files present in the installed package are used (``skimage/data/*``), never the ones scikit-image
+fetches on demand, so the protocol works offline.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image
+
+from sxbench.imageio import fit, load_image
+from sxbench.interfaces import PairSpec, Protocol, ProtocolSpec
+
+CONTENTS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png")
+STYLES = ("brick.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "color.png")
+METRICS = ("content_ssim", "content_edge_f1", "style_color_swd", "style_gram")
+
+
+def data_dir() -> Path:
+    """Folder of scikit-image's bundled sample images."""
+    import skimage
+
+    return Path(skimage.__file__).parent / "data"
+
+
+class PhotosProtocol(Protocol):
+    def __init__(self, resolution: int = 256, seeds: tuple[int, ...] = (0,), resize_policy: str = "crop") -> None:
+        root = data_dir()
+        self._paths = {Path(n).stem: root / n for n in CONTENTS + STYLES}
+        missing = [str(p) for p in self._paths.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"scikit-image sample images missing: {', '.join(missing)}; reinstall scikit-image (pip install "
+                "--force-reinstall scikit-image) or use another protocol"
+            )
+        pairs = tuple(
+            PairSpec(pair_id=f"{Path(c).stem}__{Path(s).stem}", content_id=Path(c).stem, style_id=Path(s).stem)
+            for c in CONTENTS
+            for s in STYLES
+        )
+        self.input_errors = []
+        self.spec = ProtocolSpec(
+            name="photos",
+            version="1",
+            resolution=resolution,
+            pairs=pairs,
+            seeds=tuple(seeds),
+            metrics=METRICS,
+            resize_policy=resize_policy,
+            description="scikit-image sample photographs as contents, its textures and pictures as styles; no targets.",
+            params={"resolution": resolution, "resize_policy": resize_policy, "root": str(root)},
+        )
+        self._load = lru_cache(maxsize=None)(self._load_uncached)
+
+    def _load_uncached(self, image_id: str) -> Image.Image:
+        return fit(load_image(self._paths[image_id]), self.spec.resolution, self.spec.resize_policy)
+
+    def content(self, content_id: str) -> Image.Image:
+        return self._load(content_id)
+
+    def style(self, style_id: str) -> Image.Image:
+        return self._load(style_id)
+
+
+def photos(resolution: int = 256, seeds: tuple[int, ...] = (0,), resize_policy: str = "crop") -> PhotosProtocol:
+    """6 photographs × 7 style pictures = 42 pairs at 256 × 256."""
+    return PhotosProtocol(resolution=resolution, seeds=seeds, resize_policy=resize_policy)

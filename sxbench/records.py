@@ -1,0 +1,141 @@
+"""Frozen records shared by the runner, the store, the metrics and the report.
+
+Every field holds one value; nothing is packed into strings. Records are plain data so that the store can
+write them column for column and the report can read them back with pandas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Direction = Literal["higher", "lower"]
+Requirement = Literal["content", "style", "target"]
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hex digest (``n`` characters) of a JSON-serialisable object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What identifies a method's outputs: two runs with equal infos produce the same images."""
+
+    name: str
+    """Registry name, e.g. ``"reinhard"``."""
+    version: str
+    """Implementation version; bump it when outputs change for the same parameters."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Resolved constructor parameters (defaults filled in), JSON-serialisable."""
+    reference: str = ""
+    """Citation or URL of the method."""
+    deterministic: bool = True
+    """Whether the output ignores the seed."""
+
+    @property
+    def config_hash(self) -> str:
+        """Short hash of name, version and parameters; part of every sample key."""
+        return stable_hash({"name": self.name, "version": self.version, "params": self.params})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A metric's self-description; every stored value carries it."""
+
+    name: str
+    """Registry name, e.g. ``"content_ssim"``."""
+    higher_is_better: bool
+    """Direction: the report ranks by it and never hard-codes which way is better."""
+    range: tuple[float, float]
+    """Closed value range; ``math.inf`` where unbounded."""
+    group: str
+    """Report group: fidelity, style, detail, quality, experts or efficiency."""
+    requires: frozenset[str]
+    """Inputs besides the output: any of ``content``, ``style``, ``target``."""
+    version: str = "1"
+    """Bumped when values change for the same images."""
+    backbone: str | None = None
+    """Name of the pretrained backbone in the weights module, ``None`` for weight-free metrics."""
+    description: str = ""
+    """One sentence for the report."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["requires"] = sorted(self.requires)
+        d["range"] = list(self.range)
+        return d
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """One produced (or failed) output: a (method, pair, seed) cell of the grid."""
+
+    sample_key: str
+    """Hash of method config, protocol, pair and seed; primary key and PNG file stem."""
+    run_id: str
+    """Run that produced it."""
+    method: str
+    """Method registry name."""
+    method_config: str
+    """``MethodInfo.config_hash`` of the method instance."""
+    protocol: str
+    """Protocol name."""
+    protocol_version: str
+    """Protocol version."""
+    pair_id: str
+    """Pair identifier within the protocol."""
+    content_id: str
+    """Content image identifier."""
+    style_id: str
+    """Style reference identifier."""
+    seed: int
+    """Seed passed to the method."""
+    split: str
+    """``seen``, ``unseen`` or ``all``."""
+    level: str
+    """Semantic style level (``color``, ``texture``, ``material``, ``stroke``) or ``none``."""
+    family: str
+    """Style family, or ``none``."""
+    status: Literal["ok", "error"]
+    """Whether an output was produced."""
+    error: str | None
+    """Error message when ``status == "error"``."""
+    output_path: str | None
+    """PNG path relative to the run folder."""
+    latency_s: float
+    """Wall-clock seconds of the batch divided by its size."""
+    batch_size: int
+    """Number of samples in the batch that produced it."""
+    peak_memory_bytes: int
+    """Peak CUDA allocator memory during the batch, or process peak RSS on CPU."""
+    memory_kind: str
+    """``cuda_allocated`` or ``cpu_rss``."""
+    device: str
+    """Device the method ran on."""
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric value of one sample, with the metric's description attached."""
+
+    sample_key: str
+    """Sample it scores."""
+    metric: str
+    """Metric name."""
+    value: float
+    """The value, in the metric's own units."""
+    higher_is_better: bool
+    """Copied from the metric so the value is self-describing in the store."""
+    metric_group: str
+    """The metric's report group, copied from it."""
+    version: str
+    """Metric version."""
+    backbone: str | None
+    """Backbone name, ``None`` for weight-free metrics."""

@@ -1,0 +1,233 @@
+"""The HTML report: store → summary tables → figures → ``index.html`` (jinja2, autoescaped).
+
+The report never hard-codes a metric's direction: it reads ``higher_is_better`` from each stored value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from sxbench.interfaces import PairSpec
+from sxbench.records import stable_hash
+from sxbench.store import DB_NAME, Store
+
+log = logging.getLogger(__name__)
+
+GROUP_ORDER = ("fidelity", "style", "detail", "quality", "experts", "efficiency")
+LEVEL_ORDER = ("color", "texture", "material", "stroke", "none")
+
+
+def grid_pairs(pairs: Sequence[PairSpec], n: int = 8) -> list[PairSpec]:
+    """Pairs shown in the image grid: the first of each (split, level), in protocol order, at most ``n``."""
+    chosen, seen = [], set()
+    for p in pairs:
+        if (p.split, p.level) not in seen:
+            seen.add((p.split, p.level))
+            chosen.append(p)
+    for p in pairs:  # protocols without levels: fill up with the first pairs
+        if len(chosen) >= n:
+            break
+        if p not in chosen:
+            chosen.append(p)
+    return chosen[:n]
+
+
+def mean_ci(values: pd.Series) -> tuple[float, float, int]:
+    """Mean, half-width of the 95% Student-t confidence interval, and count."""
+    from scipy import stats
+
+    v = values.dropna().to_numpy(dtype=float)
+    n = len(v)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(v[0]), math.nan, 1
+    half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    return float(v.mean()), half, n
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One leaderboard entry."""
+
+    mean: float
+    ci: float
+    n: int
+    rank: int | None
+    best: bool
+
+    @property
+    def text(self) -> str:
+        if self.n == 0 or not math.isfinite(self.mean):
+            return "–"
+        return f"{self.mean:.3f}" + (f" ± {self.ci:.3f}" if math.isfinite(self.ci) else "")
+
+
+def leaderboard(values: pd.DataFrame, by: str | None = None) -> dict[str, dict[Any, dict[str, Cell]]]:
+    """``{metric: {column: {method: Cell}}}``; columns are ``"all"`` or the values of ``by``."""
+    out: dict[str, dict[Any, dict[str, Cell]]] = {}
+    for metric, dfm in values.groupby("metric", sort=True):
+        hib = bool(dfm.higher_is_better.iloc[0])
+        cols: dict[Any, dict[str, Cell]] = {}
+        groups = [("all", dfm)] if by is None else list(dfm.groupby(by, sort=False))
+        for col, dfc in groups:
+            stats = {m: mean_ci(d.value) for m, d in dfc.groupby("method")}
+            means = pd.Series({m: s[0] for m, s in stats.items()}).dropna()
+            ranks = means.rank(ascending=not hib, method="min").astype(int) if len(means) else pd.Series(dtype=int)
+            cols[col] = {
+                m: Cell(s[0], s[1], s[2], int(ranks[m]) if m in ranks else None, bool(m in ranks and ranks[m] == 1))
+                for m, s in stats.items()
+            }
+        out[str(metric)] = cols
+    return out
+
+
+def _figures(values: pd.DataFrame, samples: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    figs = []
+    sns.set_theme(style="whitegrid", context="paper")
+    if not values.empty:
+        order = sorted(values.metric.unique())
+        levels = [lv for lv in LEVEL_ORDER if lv in set(values.level)]
+        g = sns.catplot(data=values, x="level", y="value", hue="method", col="metric", col_order=order,
+                        order=levels, kind="bar", col_wrap=4, sharey=False, height=2.6, aspect=1.25,
+                        errorbar=("ci", 95), n_boot=200, seed=0)
+        for ax, metric in zip(g.axes.flat, order):
+            hib = bool(values[values.metric == metric].higher_is_better.iloc[0])
+            ax.set_title(f"{metric} {'↑' if hib else '↓'}")
+        g.savefig(fig_dir / "metrics_by_level.png", dpi=110)
+        plt.close(g.figure)
+        figs.append({"file": "figures/metrics_by_level.png",
+                     "caption": "Mean per method and style level with 95% bootstrap CI (↑ higher is better, ↓ lower)."})
+        groups = values.groupby("metric_group").metric.first().to_dict()
+        fid, sty = groups.get("fidelity"), groups.get("style")
+        if fid and sty:
+            piv = values[values.metric.isin([fid, sty])].pivot_table(
+                index=["method", "split"], columns="metric", values="value", aggfunc="mean").reset_index()
+            fig, ax = plt.subplots(figsize=(5.2, 4))
+            sns.scatterplot(data=piv, x=sty, y=fid, hue="method", style="split", s=90, ax=ax)
+            hib_s = bool(values[values.metric == sty].higher_is_better.iloc[0])
+            ax.set_xlabel(f"{sty} ({'higher' if hib_s else 'lower'} is better)")
+            ax.set_ylabel(f"{fid} (higher is better)")
+            ax.set_title("Content fidelity vs style similarity")
+            ax.legend(fontsize=7, loc="best")
+            fig.tight_layout()
+            fig.savefig(fig_dir / "tradeoff.png", dpi=110)
+            plt.close(fig)
+            figs.append({"file": "figures/tradeoff.png",
+                         "caption": f"Each method's mean {fid} against mean {sty}, split by seen/unseen styles."})
+    return figs
+
+
+def render(run_dir: str | Path) -> Path:
+    """Write ``run_dir/index.html`` (and ``figures/``) from the store in ``run_dir``."""
+    import jinja2
+
+    run_dir = Path(run_dir)
+    if not (run_dir / DB_NAME).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {DB_NAME} here; run `sxbench run --out {run_dir}` first")
+    with Store(run_dir) as store:
+        values = store.values()
+        samples = store.samples()
+        runs = store.runs()
+        metric_infos = store.metrics()
+        method_infos = store.methods()
+
+    last = runs.iloc[-1] if len(runs) else None
+    config = json.loads(last.config) if last is not None else {}
+    prov = json.loads(last.provenance) if last is not None else {}
+    metric_rows = sorted(metric_infos.values(), key=lambda m: (GROUP_ORDER.index(m["group"]) if m["group"] in GROUP_ORDER else 99, m["name"]))
+    present = set(values.metric.unique())
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for m in metric_rows:
+        if m["name"] in present:
+            groups.setdefault(m["group"], []).append(m)
+    methods = sorted(samples.method.unique()) if len(samples) else []
+
+    board = leaderboard(values)
+    by_split = leaderboard(values, "split")
+    by_level = leaderboard(values, "level")
+    splits = [s for s in ("seen", "unseen", "all") if s in set(values.split)]
+    levels = [lv for lv in LEVEL_ORDER if lv in set(values.level)]
+
+    ok = samples[samples.status == "ok"]
+    errors = samples[samples.status == "error"]
+    cost = []
+    for m, d in ok.groupby("method"):
+        cost.append({"method": m, "n": len(d), "latency_ms": 1000 * d.latency_s.median(),
+                     "peak_mb": d.peak_memory_bytes.max() / 2**20, "memory_kind": d.memory_kind.iloc[0],
+                     "device": d.device.iloc[0]})
+
+    # image grid: pairs chosen exactly as the runner chose them when saving inputs
+    grid = []
+    if len(ok):
+        pair_rows = samples.drop_duplicates("pair_id")
+        pairs = [PairSpec(r.pair_id, r.content_id, r.style_id, r.split, r.level, r.family,
+                          (run_dir / f"inputs/target/{stable_hash(r.pair_id, 16)}.png").exists())
+                 for r in pair_rows.itertuples()]
+        seed0 = ok.seed.min()
+        for p in grid_pairs(pairs):
+            cells = {r.method: r.output_path for r in ok[(ok.pair_id == p.pair_id) & (ok.seed == seed0)].itertuples()}
+            def existing(rel: str | None) -> str | None:
+                return rel if rel and (run_dir / rel).is_file() else None
+
+            grid.append({
+                "pair": p,
+                "content": existing(f"inputs/content/{stable_hash(p.content_id, 16)}.png"),
+                "style": existing(f"inputs/style/{stable_hash(p.style_id, 16)}.png"),
+                "target": existing(f"inputs/target/{stable_hash(p.pair_id, 16)}.png"),
+                "outputs": [existing(cells.get(m)) for m in methods],
+            })
+
+    figures = _figures(values, samples, run_dir / "figures") if len(values) else []
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    html = env.get_template("index.html.j2").render(
+        protocol=config.get("protocol", "?"), config=config, prov=prov, runs=runs.to_dict("records"),
+        groups=groups, methods=methods, board=board, by_split=by_split, by_level=by_level, splits=splits,
+        levels=levels, n_samples=len(samples), n_ok=len(ok), errors=errors.head(50).to_dict("records"),
+        n_errors=len(errors), cost=cost, grid=grid, figures=figures, metric_rows=metric_rows,
+        method_infos=sorted(method_infos.values(), key=lambda m: m["name"]),
+        skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
+        failed_methods=prov.get("failed_methods", {}), json=json,
+    )
+    out = run_dir / "index.html"
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    log.info("report written to %s", out)
+    return out
+
+
+def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = None) -> Path:
+    """Write the long-format results table (one value per row) as CSV or Parquet."""
+    run_dir = Path(run_dir)
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"format must be csv or parquet, got {fmt!r}")
+    if not (run_dir / DB_NAME).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {DB_NAME} here; run `sxbench run --out {run_dir}` first")
+    with Store(run_dir) as store:
+        df = store.values()
+    out = Path(output) if output else run_dir / f"results.{fmt}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
+    return out
+
+
+__all__ = ["Cell", "export", "grid_pairs", "leaderboard", "mean_ci", "render"]

@@ -1,0 +1,178 @@
+"""The results store: one SQLite database (WAL) per run folder, PNG outputs beside it.
+
+Tables: ``runs``, ``methods``, ``metrics``, ``samples`` (one row per (method config, protocol, pair, seed))
+and ``metric_values`` (long format, one value per row). A finished sample and its metric values are
+written in one transaction, so a process killed at any point leaves either the whole sample or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from sxbench.records import MethodInfo, MetricInfo, MetricValue, SampleRecord
+
+DB_NAME = "results.sqlite"
+SCHEMA_VERSION = 1
+
+_SAMPLE_COLUMNS = [f.name for f in fields(SampleRecord)]
+_VALUE_COLUMNS = [f.name for f in fields(MetricValue)]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, started REAL NOT NULL, finished REAL, status TEXT NOT NULL,
+    protocol TEXT NOT NULL, config TEXT NOT NULL, provenance TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS methods (
+    method TEXT NOT NULL, method_config TEXT NOT NULL, info TEXT NOT NULL, PRIMARY KEY (method, method_config)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    metric TEXT NOT NULL, version TEXT NOT NULL, info TEXT NOT NULL, PRIMARY KEY (metric, version)
+);
+CREATE TABLE IF NOT EXISTS samples (
+    {", ".join(c + (" TEXT PRIMARY KEY" if c == "sample_key" else "") for c in _SAMPLE_COLUMNS)}, created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_method ON samples (method, method_config);
+CREATE TABLE IF NOT EXISTS metric_values (
+    {", ".join(_VALUE_COLUMNS)}, PRIMARY KEY (sample_key, metric)
+);
+"""
+
+
+class Store:
+    """Open (creating if needed) the store of a run folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / DB_NAME
+        self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------- writes
+    def begin_run(self, protocol: str, config: dict[str, Any], provenance: dict[str, Any]) -> str:
+        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.conn.execute(
+            "INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?)",
+            (run_id, time.time(), protocol, json.dumps(config, default=str), json.dumps(provenance, default=str)),
+        )
+        return run_id
+
+    def finish_run(self, run_id: str, provenance: dict[str, Any] | None = None) -> None:
+        if provenance is None:
+            self.conn.execute("UPDATE runs SET finished = ?, status = 'finished' WHERE run_id = ?", (time.time(), run_id))
+        else:
+            self.conn.execute(
+                "UPDATE runs SET finished = ?, status = 'finished', provenance = ? WHERE run_id = ?",
+                (time.time(), json.dumps(provenance, default=str), run_id),
+            )
+
+    def register_method(self, info: MethodInfo) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO methods VALUES (?, ?, ?)", (info.name, info.config_hash, json.dumps(info.to_dict()))
+        )
+
+    def register_metric(self, info: MetricInfo) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)", (info.name, info.version, json.dumps(info.to_dict()))
+        )
+
+    def write_sample(self, sample: SampleRecord, values: Iterable[MetricValue] = ()) -> None:
+        """Insert a finished sample and its metric values atomically (replacing an earlier error row)."""
+        row = asdict(sample)
+        with self._transaction():
+            self.conn.execute(
+                f"INSERT OR REPLACE INTO samples VALUES ({', '.join('?' * len(_SAMPLE_COLUMNS))}, ?)",
+                [row[c] for c in _SAMPLE_COLUMNS] + [time.time()],
+            )
+            self._insert_values(values)
+
+    def write_values(self, values: Iterable[MetricValue]) -> None:
+        """Insert metric values of existing samples in one transaction."""
+        with self._transaction():
+            self._insert_values(values)
+
+    def _insert_values(self, values: Iterable[MetricValue]) -> None:
+        self.conn.executemany(
+            f"INSERT OR REPLACE INTO metric_values VALUES ({', '.join('?' * len(_VALUE_COLUMNS))})",
+            [[asdict(v)[c] for c in _VALUE_COLUMNS] for v in values],
+        )
+
+    def _transaction(self):
+        return _Transaction(self.conn)
+
+    # -------------------------------------------------------------------------------------------- reads
+    def sample_status(self, keys: Iterable[str]) -> dict[str, str]:
+        """``{sample_key: status}`` for those of ``keys`` already stored."""
+        keys = list(keys)
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT sample_key, status FROM samples WHERE sample_key IN ({', '.join('?' * len(chunk))})"
+            out.update(dict(self.conn.execute(q, chunk).fetchall()))
+        return out
+
+    def scored_metrics(self, keys: Iterable[str]) -> dict[str, set[str]]:
+        """``{sample_key: {metric names with a stored value}}``."""
+        keys = list(keys)
+        out: dict[str, set[str]] = {k: set() for k in keys}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = f"SELECT sample_key, metric FROM metric_values WHERE sample_key IN ({', '.join('?' * len(chunk))})"
+            for key, metric in self.conn.execute(q, chunk):
+                out[key].add(metric)
+        return out
+
+    def runs(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM runs ORDER BY started", self.conn)
+
+    def methods(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(m, c): json.loads(i) for m, c, i in self.conn.execute("SELECT * FROM methods")}
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        return {m: json.loads(i) for m, _, i in self.conn.execute("SELECT * FROM metrics ORDER BY metric, version")}
+
+    def samples(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM samples", self.conn)
+
+    def values(self) -> pd.DataFrame:
+        """Long format: one row per (sample, metric) with the sample's labels joined in."""
+        return pd.read_sql_query(
+            """SELECT s.method, s.method_config, s.protocol, s.protocol_version, s.split, s.level, s.family,
+                      s.pair_id, s.content_id, s.style_id, s.seed, v.metric, v.value, v.higher_is_better,
+                      v.metric_group, v.version AS metric_version, v.backbone, s.sample_key, s.output_path
+               FROM metric_values v JOIN samples s USING (sample_key)
+               ORDER BY s.method, s.pair_id, s.seed, v.metric""",
+            self.conn,
+        ).astype({"higher_is_better": bool})
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
