@@ -1,0 +1,102 @@
+import csv
+import logging
+
+import numpy as np
+import pytest
+
+from sxbench import registry
+from sxbench.imageio import pil_to_array
+from sxbench.protocols.synth import HELD_OUT_RANGE, SEEN_RANGE, synth, synth_smoke, write_triplets
+from sxbench.protocols.synthgen import FAMILIES, LEVELS
+
+
+def test_synth_has_both_splits_all_levels_and_enough_pairs():
+    p = synth()
+    pairs = p.spec.pairs
+    assert len(pairs) >= 200
+    assert len({x.pair_id for x in pairs}) == len(pairs)
+    assert {x.split for x in pairs} == {"seen", "unseen"}
+    for split in ("seen", "unseen"):
+        assert {x.level for x in pairs if x.split == split} == set(LEVELS)
+    assert len({x.family for x in pairs}) == len(FAMILIES)
+    assert all(x.has_target for x in pairs)
+
+
+def test_synth_unseen_holds_out_families_and_parameter_ranges():
+    p = synth()
+    seen_families = {s.family for s in p.styles.values() if s.split == "seen"}
+    held = {f.name for f in FAMILIES.values() if f.held_out}
+    assert not (seen_families & held)
+    for st in p.styles.values():
+        primary = FAMILIES[st.family].params[0][0]
+        if st.split == "seen":
+            assert all(SEEN_RANGE[0] <= v <= SEEN_RANGE[1] for v in st.u.values())
+        elif st.family not in held:
+            assert HELD_OUT_RANGE[0] <= st.u[primary] <= HELD_OUT_RANGE[1]
+
+
+def test_synth_triplet_structure():
+    p = synth_smoke()
+    pair = p.spec.pairs[0]
+    content, style, target = (pil_to_array(im) for im in (p.content(pair.content_id), p.style(pair.style_id), p.target(pair.pair_id)))
+    assert content.shape == style.shape == target.shape == (64, 64, 3)
+    # the reference is the style on another scene; the target is the style on this content
+    assert np.abs(style - target).mean() > 0.05
+    assert np.abs(content - target).mean() > 0.01
+    again = synth_smoke()
+    np.testing.assert_array_equal(pil_to_array(again.target(pair.pair_id)), target)
+
+
+def test_smoke_preset_is_small_and_covers_levels_and_splits():
+    p = synth_smoke()
+    assert len(p.spec.pairs) <= 10
+    assert {(x.split, x.level) for x in p.spec.pairs} == {(s, lv) for s in ("seen", "unseen") for lv in LEVELS}
+
+
+def test_photos_protocol_uses_packaged_images_only():
+    p = registry.create_protocol("photos", resolution=64)
+    assert len(p.spec.pairs) >= 20
+    pair = p.spec.pairs[0]
+    assert p.content(pair.content_id).size == (64, 64)
+    assert p.style(pair.style_id).mode == "RGB"
+    assert p.target(pair.pair_id) is None
+
+
+def test_folder_protocol_reports_one_line_for_corrupt_and_runs_the_rest(odd_folder, caplog):
+    root, files = odd_folder
+    with caplog.at_level(logging.ERROR):
+        p = registry.create_protocol("folder", root=str(root), resolution=32)
+    assert len(p.input_errors) == 1
+    assert str(files["corrupt"]) in p.input_errors[0] and "re-export" in p.input_errors[0]
+    assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
+    contents = {x.content_id for x in p.spec.pairs}
+    assert contents == {"content/cmyk.jpg", "content/sixteen.png", "content/rgba.png", "content/wide.png"}
+    assert len(p.spec.pairs) == 4 * 2
+    for cid in contents:
+        im = p.content(cid)
+        assert im.mode == "RGB" and im.size == (32, 32)
+    six = pil_to_array(p.content("content/sixteen.png"))
+    assert 0.2 < six.mean() < 0.8, "16-bit values must be scaled, not clipped"
+
+
+def test_folder_manifest_with_targets(tmp_path):
+    out = tmp_path / "trip"
+    manifest = write_triplets(out, 5, "seen", resolution=32, progress=False)
+    rows = list(csv.DictReader(manifest.open()))
+    assert len(rows) == 5 and all(r["split"] == "seen" for r in rows)
+    assert all(not FAMILIES[r["family"]].held_out for r in rows)
+    p = registry.create_protocol("folder", root=str(manifest), resolution=32)
+    assert len(p.spec.pairs) == 5 and all(x.has_target for x in p.spec.pairs)
+    assert "target_ssim" in p.spec.metrics
+    assert p.spec.pairs[0].level in LEVELS and p.spec.pairs[0].pair_id == rows[0]["pair_id"]
+    assert p.target(p.spec.pairs[0].pair_id).size == (32, 32)
+    assert (out / "masks" / f"{rows[0]['pair_id']}.png").is_file()
+
+
+def test_folder_errors_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="content/ and style/"):
+        registry.create_protocol("folder", root=str(tmp_path))
+    bad = tmp_path / "m.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="lacks column"):
+        registry.create_protocol("folder", root=str(bad))
