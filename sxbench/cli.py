@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -31,9 +32,30 @@ def _protocol_args(protocol: str) -> tuple[str, dict]:
     return protocol, {}
 
 
+def _method_params(items: list[str]) -> dict[str, dict]:
+    """``["reinhard.strength=0.5"]`` → ``{"reinhard": {"strength": 0.5}}`` (values parsed as JSON, else text)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        method, dot, param = key.partition(".")
+        if not (sep and dot and method and param):
+            raise ValueError(f"--param {item!r}: expected METHOD.NAME=VALUE, e.g. --param reinhard.strength=0.5")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[param] = value
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
     from sxbench import registry
     from sxbench.runner import DEFAULT_METHODS, RunConfig, run
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is visible to torch here; use --device cpu")
 
     name, pargs = _protocol_args(args.protocol)
     if args.resolution:
@@ -51,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(
         protocol=name, methods=methods, out=out, protocol_args=pargs, seeds=args.seeds, limit=args.limit,
         metrics=args.metrics, device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+        method_args=_method_params(args.param), retry_failed=args.retry_failed,
     )
     t0 = time.perf_counter()
     summary = run(config)
@@ -122,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resolution", type=int, default=None, help="override the protocol's resolution")
     r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
+                   help="method parameter, repeatable: --param reinhard.strength=0.5")
+    r.add_argument("--retry-failed", action="store_true", help="re-run samples stored as errors")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
 

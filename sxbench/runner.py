@@ -64,6 +64,8 @@ class RunConfig:
     """Samples per ``stylize_batch`` call."""
     progress: bool = True
     """Show progress bars."""
+    retry_failed: bool = False
+    """Re-run samples stored as errors (by default an error row counts as done)."""
 
     @property
     def run_dir(self) -> Path:
@@ -252,7 +254,7 @@ class Runner:
                 "protocol": spec.name, "protocol_version": spec.version, "protocol_params": spec.params,
                 "resolution": spec.resolution, "resize_policy": spec.resize_policy, "seeds": list(self.seeds),
                 "limit": cfg.limit, "methods": list(cfg.methods), "method_args": cfg.method_args,
-                "metrics": [m.info.name for m in self.metrics], "device": cfg.device, "batch_size": cfg.batch_size,
+                "metrics": [m.info.name for m in self.metrics], "device": cfg.device, "batch_size": cfg.batch_size, "retry_failed": cfg.retry_failed,
                 "n_pairs": len(self.pairs), "argv": sys.argv,
             }
             run_id = store.begin_run(spec.name, config, prov)
@@ -286,7 +288,7 @@ class Runner:
         store.register_method(info)
         work = [(p, s, sample_key(info.config_hash, spec.name, spec.version, p, s)) for p in self.pairs for s in self.seeds]
         status = store.sample_status(k for _, _, k in work)
-        todo = [w for w in work if w[2] not in status]
+        todo = [w for w in work if w[2] not in status or (cfg.retry_failed and status[w[2]] == "error")]
         skipped, failed = len(work) - len(todo), 0
         if skipped:
             log.info("%s: %d of %d samples already stored, skipping them", info.name, skipped, len(work))

@@ -99,3 +99,24 @@ def test_seeds_multiply_samples_and_latency_is_recorded(tmp_path):
     assert set(samples.memory_kind) == {"cpu_rss"}
     for rel in samples.output_path:
         assert Image.open(tmp_path / rel).size == (64, 64)
+
+
+def test_method_params_are_part_of_the_sample_identity(tmp_path):
+    cfg = dict(methods=("reinhard",), out=tmp_path, metrics=("content_ssim",), limit=4, progress=False)
+    Runner(RunConfig("synth-smoke", **cfg)).run()
+    s = Runner(RunConfig("synth-smoke", method_args={"reinhard": {"strength": 0.0}}, **cfg)).run()
+    assert s.generated == 4 and s.skipped == 0  # new parameters, new samples
+    with Store(tmp_path) as st:
+        v = st.values()
+    assert v.method_config.nunique() == 2
+    by_cfg = v.groupby("method_config").value.mean()
+    assert by_cfg.max() > 0.99 > by_cfg.min()  # strength 0 returns the content
+
+
+def test_retry_failed_replaces_error_rows(tmp_path, flaky):
+    cfg = dict(methods=("flaky",), out=tmp_path, progress=False)
+    first = Runner(RunConfig("synth-smoke", **cfg)).run()
+    again = Runner(RunConfig("synth-smoke", retry_failed=True, **cfg)).run()
+    assert again.failed == first.failed > 0 and again.generated == 0
+    with Store(tmp_path) as st:
+        assert len(st.samples()) == len(flaky.spec.pairs)

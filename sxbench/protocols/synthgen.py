@@ -34,8 +34,13 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(seed))
 
 
-def _grid(size: int) -> tuple[Array, Array]:
+def _grid(size: int, seed: int | None = None) -> tuple[Array, Array]:
+    """Pixel coordinates; with ``seed``, shifted by a seeded sub-image offset so that two instances of a
+    periodic pattern (a style reference and a target) are out of phase."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    if seed is not None:
+        dx, dy = _rng(seed ^ 0x5EED).uniform(0, 64, 2)
+        x, y = x + np.float32(dx), y + np.float32(dy)
     return x, y
 
 
@@ -249,14 +254,14 @@ def _rotated(x: Array, y: Array, angle_deg: float) -> Array:
 
 def stripes(img: Array, p: dict, seed: int) -> Array:
     size = img.shape[0]
-    x, y = _grid(size)
+    x, y = _grid(size, seed)
     t = 0.5 + 0.5 * np.sin(2 * np.pi * _rotated(x, y, p["angle"]) / p["period"])
     return img * (1 - p["amplitude"] * t[..., None])
 
 
 def halftone(img: Array, p: dict, seed: int) -> Array:
     size = img.shape[0]
-    x, y = _grid(size)
+    x, y = _grid(size, seed)
     s = p["spacing"]
     u, v = _rotated(x, y, p["angle"]), _rotated(x, y, p["angle"] + 90)
     du, dv = (u % s) - s / 2, (v % s) - s / 2
@@ -277,7 +282,7 @@ def grain(img: Array, p: dict, seed: int) -> Array:
 
 def checker(img: Array, p: dict, seed: int) -> Array:
     size = img.shape[0]
-    x, y = _grid(size)
+    x, y = _grid(size, seed)
     u, v = _rotated(x, y, p["angle"]), _rotated(x, y, p["angle"] + 90)
     c = ((np.floor(u / p["cell"]) + np.floor(v / p["cell"])) % 2)[..., None]
     return np.clip(img * (1 - p["contrast"] * c) + 0.5 * p["contrast"] * c * 0.3, 0, 1)
@@ -285,7 +290,7 @@ def checker(img: Array, p: dict, seed: int) -> Array:
 
 def canvas(img: Array, p: dict, seed: int) -> Array:
     size = img.shape[0]
-    x, y = _grid(size)
+    x, y = _grid(size, seed)
     rng = _rng(seed)
     jitter = smooth_noise(size, 6, rng, octaves=1) * 2
     wx = 0.5 + 0.5 * np.sin(2 * np.pi * x / p["period"] + jitter)
@@ -343,7 +348,7 @@ def metal(img: Array, p: dict, seed: int) -> Array:
 
 def fabric(img: Array, p: dict, seed: int) -> Array:
     size = img.shape[0]
-    x, y = _grid(size)
+    x, y = _grid(size, seed)
     per = p["thread"]
     warp = 0.5 + 0.5 * np.cos(2 * np.pi * x / per)
     weft = 0.5 + 0.5 * np.cos(2 * np.pi * y / per)
@@ -369,7 +374,7 @@ def stone(img: Array, p: dict, seed: int) -> Array:
 # stroke --------------------------------------------------------------------------------------------
 def hatching(img: Array, p: dict, seed: int) -> Array:
     size = img.shape[0]
-    x, y = _grid(size)
+    x, y = _grid(size, seed)
     lum = ndimage.gaussian_filter(luminance(img), 1.0)
     ink = np.zeros_like(lum)
     for k, thr in enumerate((0.75, 0.5, 0.3)):
