@@ -89,7 +89,7 @@ def leaderboard(values: pd.DataFrame, by: str | None = None) -> dict[str, dict[A
     return out
 
 
-def _figures(values: pd.DataFrame, samples: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
+def _figures(values: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,7 +192,7 @@ def render(run_dir: str | Path) -> Path:
                 "outputs": [existing(cells.get(m)) for m in methods],
             })
 
-    figures = _figures(values, samples, run_dir / "figures") if len(values) else []
+    figures = _figures(values, run_dir / "figures") if len(values) else []
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
