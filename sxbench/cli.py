@@ -121,6 +121,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from sxbench import registry
+
+    cls = registry.methods.get(args.method)
+    if not hasattr(cls, "inspect"):
+        raise ValueError(f"method {args.method!r} has nothing to inspect (no inspect() classmethod)")
+    for line in cls.inspect(preset=args.preset):
+        print(line)
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from sxbench.protocols.synth import write_triplets
 
@@ -164,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("csv", "parquet"), default="csv")
     ex.add_argument("--output", default=None, help="default DIR/results.csv or DIR/results.parquet")
     ex.set_defaults(fn=cmd_export)
+
+    ins = sub.add_parser("inspect", help="describe a method's model: layers, parameters, FLOPs (meta device)")
+    ins.add_argument("method")
+    ins.add_argument("--preset", default="full")
+    ins.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("data", help="write training data")
     dsub = d.add_subparsers(dest="dataset", required=True)

@@ -1,0 +1,203 @@
+"""Weights I/O: our checkpoints (a folder of safetensors plus ``config.json``) and the released formats.
+
+Checkpoint folder::
+
+    config.json            {"format": "styleexpert", "version": 1, "variant": ..., "preset": {...}, "released_compat": ...}
+    transformer.safetensors   base transformer weights (tiny preset: our own trained base; full: omitted, the
+                              base comes from Flux.1-Kontext-dev)
+    adapters.safetensors      experts, shared experts and routers, or the single LoRA (released key names)
+    encoder.safetensors       style projector (and, tiny preset, the backbone under ``backbone.``)
+    prompt.safetensors        the fixed instruction embedding
+
+Nothing here unpickles: safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from styleexpert import inject
+from styleexpert.moe import MoELoRALinear
+from styleexpert.pipeline import StyleExpert, build
+
+FORMAT_VERSION = 1
+
+
+def _base_state(model: StyleExpert) -> dict[str, torch.Tensor]:
+    """Transformer weights without adapter tensors, with wrapped layers under their original names."""
+    out = {}
+    for k, v in model.transformer.state_dict().items():
+        if ".lora_layer." in k or k.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
+            continue
+        out[k.replace(".base.", ".")] = v
+    return out
+
+
+def save_checkpoint(model: StyleExpert, path: str | Path, *, include_base: bool | None = None,
+                    metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to the folder ``path`` (created). ``include_base`` defaults to True for the tiny preset."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    include_base = model.config["name"] != "full" if include_base is None else include_base
+    compat = any(isinstance(m, MoELoRALinear) and m.released_compat for m in inject.adapters(model.transformer).values())
+
+    def save(tensors: dict[str, torch.Tensor], name: str) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path / name))
+
+    save(inject.adapter_state_dict(model.transformer), "adapters.safetensors")
+    if include_base:
+        save(_base_state(model), "transformer.safetensors")
+    if model.style_encoder is not None:
+        enc = {f"projector.{k}": v for k, v in model.style_encoder.projector.state_dict().items()}
+        if model.config["name"] != "full":
+            enc |= {f"backbone.{k}": v for k, v in model.style_encoder.backbone.state_dict().items()}
+        save(enc, "encoder.safetensors")
+    save({"prompt_embeds": model.prompt_embeds, "pooled_prompt_embeds": model.pooled_prompt_embeds}, "prompt.safetensors")
+    meta = {"format": "styleexpert", "version": FORMAT_VERSION, "variant": model.variant, "preset": model.config,
+            "released_compat": compat, "includes_base": include_base} | (metadata or {})
+    (path / "config.json").write_text(json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint folder, with a clear error when it is not one."""
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path}: not a StyleExpert checkpoint (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != "styleexpert":
+        raise ValueError(f"{cfg_path}: format {cfg.get('format')!r} is not 'styleexpert'")
+    return cfg
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    base_transformer: str | Path | None = None) -> StyleExpert:
+    """Rebuild the model from ``path`` and load every tensor strictly (bit-exact round trip).
+
+    For checkpoints without base weights (full preset), ``base_transformer`` is a safetensors file or folder
+    of the Flux.1-Kontext-dev transformer.
+    """
+    path = Path(path)
+    cfg = read_config(path)
+    model = build(cfg["preset"], cfg["variant"], released_compat=cfg.get("released_compat", False))
+    if cfg.get("includes_base"):
+        _load_base(model, load_file(str(path / "transformer.safetensors")))
+    elif base_transformer is not None:
+        _load_base(model, _read_tensors(Path(base_transformer)))
+    else:
+        raise FileNotFoundError(
+            f"{path}: the checkpoint holds adapters only; pass the Flux.1-Kontext-dev transformer weights "
+            "(base_transformer=... / --base PATH), downloaded from black-forest-labs/FLUX.1-Kontext-dev"
+        )
+    _load_adapters(model, load_file(str(path / "adapters.safetensors")))
+    if model.style_encoder is not None and (path / "encoder.safetensors").is_file():
+        enc = load_file(str(path / "encoder.safetensors"))
+        model.style_encoder.projector.load_state_dict({k[10:]: v for k, v in enc.items() if k.startswith("projector.")})
+        bb = {k[9:]: v for k, v in enc.items() if k.startswith("backbone.")}
+        if bb:
+            model.style_encoder.backbone.load_state_dict(bb)
+    prompt = load_file(str(path / "prompt.safetensors"))
+    with torch.no_grad():
+        model.prompt_embeds.copy_(prompt["prompt_embeds"])
+        model.pooled_prompt_embeds.copy_(prompt["pooled_prompt_embeds"])
+    return model.to(device=device, dtype=dtype)
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    if not files:
+        raise FileNotFoundError(f"{path}: no .safetensors files")
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out |= load_file(str(f))
+    return out
+
+
+def _load_base(model: StyleExpert, state: dict[str, torch.Tensor]) -> None:
+    wrapped = set(inject.adapters(model.transformer))
+    mapped = {}
+    for k, v in state.items():
+        mod, _, leaf = k.rpartition(".")
+        mapped[f"{mod}.base.{leaf}" if mod in wrapped else k] = v
+    own = {k: v for k, v in model.transformer.state_dict().items() if ".lora_layer." not in k
+           and k.rsplit(".", 1)[-1] not in ("lora_A", "lora_B")}
+    missing, unexpected = set(own) - set(mapped), set(mapped) - set(own)
+    if missing or unexpected:
+        raise ValueError(f"base transformer weights do not match the preset: {len(missing)} missing "
+                         f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})")
+    model.transformer.load_state_dict(mapped, strict=False)
+
+
+def _load_adapters(model: StyleExpert, state: dict[str, torch.Tensor]) -> None:
+    own = inject.adapter_state_dict(model.transformer)
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise ValueError(f"adapter weights do not match: {len(missing)} missing (e.g. {sorted(missing)[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})")
+    params = dict(model.transformer.named_parameters())
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+# --------------------------------------------------------------------------------- released formats
+RELEASED_KEYS = ("loraA", "loraB", "shared_A", "shared_B", "cond_gate.weight")
+
+
+def load_released_adapters(model: StyleExpert, path: str | Path) -> list[str]:
+    """Load the authors' MoE checkpoint (keys ``[transformer.]<module path>.lora_layer.<loraA|loraB|shared_A|
+    shared_B|cond_gate.weight>``) into a ``moe`` model, switching its layers to ``released_compat``.
+
+    The module paths in the file decide which layers are wrapped (the release's ``lora_modules.csv``); layers
+    of ours that the file lacks are unwrapped back to their base linear. Returns the loaded module paths.
+    """
+    if model.variant == "lora":
+        raise ValueError("released MoE adapters load into a 'moe' or 'noprior' model, not 'lora'")
+    state = load_file(str(path))
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for k, v in state.items():
+        k = k.removeprefix("transformer.")
+        mod, sep, leaf = k.partition(".lora_layer.")
+        if not sep or leaf not in RELEASED_KEYS:
+            raise ValueError(f"{path}: unexpected key {k!r}; expected <module>.lora_layer.<{'|'.join(RELEASED_KEYS)}>")
+        modules.setdefault(mod, {})[leaf] = v
+    ours = inject.adapters(model.transformer)
+    unknown = set(modules) - set(ours)
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} module(s) not wrapped in this model, e.g. {sorted(unknown)[:3]}")
+    for name, layer in ours.items():
+        if name not in modules:
+            inject._replace(model.transformer, name, layer.base)
+    with torch.no_grad():
+        for name, tensors in modules.items():
+            layer = ours[name]
+            if set(tensors) != set(RELEASED_KEYS):
+                raise ValueError(f"{path}: {name} lacks {sorted(set(RELEASED_KEYS) - set(tensors))}")
+            for leaf, v in tensors.items():
+                target = layer.lora_layer.get_parameter(leaf)
+                if target.shape != v.shape:
+                    raise ValueError(f"{path}: {name}.{leaf} has shape {tuple(v.shape)}, model expects {tuple(target.shape)}")
+                target.copy_(v)
+            layer.released_compat = True
+    return sorted(modules)
+
+
+def released_projector_state_dict(state: dict[str, torch.Tensor], layer_indices: list[int]) -> dict[str, torch.Tensor]:
+    """Map the release's ``SigLIPMultiFeatProjModel`` keys (``[proj_model.]embedding_linears.<idx>.0.*``,
+    ``layer_norms.<idx>.*``, ``projections.<idx>.*``) onto ``StyleProjector`` keys."""
+    out = {}
+    names = {"embedding_linears": "token_mix", "layer_norms": "norm", "projections": "proj"}
+    for k, v in state.items():
+        k = k.removeprefix("proj_model.")
+        group, idx, rest = k.split(".", 2)
+        if group not in names:
+            raise ValueError(f"unexpected projector key {k!r}")
+        if group == "embedding_linears":
+            rest = rest.removeprefix("0.")
+        out[f"{names[group]}.{layer_indices.index(int(idx))}.{rest}"] = v
+    return out

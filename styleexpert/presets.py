@@ -1,0 +1,79 @@
+"""Named configurations: ``tiny`` (trainable on a CPU) and ``full`` (Flux.1-Kontext-dev + SigLIP so400m).
+
+Both build the same classes; only the numbers differ. A preset is plain data (``dict``), so a checkpoint's
+``config.json`` records it whole and overrides are dictionary updates.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+FULL: dict[str, Any] = {
+    "name": "full",
+    # diffusers FluxTransformer2DModel config of black-forest-labs/FLUX.1-Kontext-dev
+    "transformer": {
+        "patch_size": 1, "in_channels": 64, "out_channels": None, "num_layers": 19, "num_single_layers": 38,
+        "attention_head_dim": 128, "num_attention_heads": 24, "joint_attention_dim": 4096,
+        "pooled_projection_dim": 768, "guidance_embeds": True, "axes_dims_rope": [16, 56, 56],
+    },
+    # latent space: the Flux VAE (16 channels, ×8) then 2×2 packing
+    "latent": {"vae": True, "latent_channels": 16, "vae_scale": 8, "pack": 2,
+               "scaling_factor": 0.3611, "shift_factor": 0.1159},
+    # style encoder: SigLIP so400m-patch14-384 hidden states -2, -11, -20 → 3 × 8 × 128 = 3072
+    "encoder": {
+        "backbone": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                     "num_attention_heads": 16, "image_size": 384, "patch_size": 14},
+        "layer_indices": [-2, -11, -20], "style_tokens": 8, "hidden_size": 128,
+    },
+    "moe": {"num_experts": 16, "rank": 8, "top_k": 2, "alpha": 16.0},
+    "lora": {"rank": 128},
+    "prompt": {"tokens": 128},
+    "sampling": {"resolution": 1024, "steps": 28, "guidance": 3.5, "dynamic_shift": True,
+                 "base_shift": 0.5, "max_shift": 1.15, "base_seq_len": 256, "max_seq_len": 4096},
+    "style_tokens": True,
+    "style_row_offset": 64,
+    "train_non_block": True,
+}
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    # the transformer works on 4×4 patches of pixels: 64 × 64 images → 256 tokens of 48 channels
+    "transformer": {
+        "patch_size": 1, "in_channels": 48, "out_channels": None, "num_layers": 2, "num_single_layers": 2,
+        "attention_head_dim": 16, "num_attention_heads": 4, "joint_attention_dim": 64,
+        "pooled_projection_dim": 64, "guidance_embeds": False, "axes_dims_rope": [4, 6, 6],
+    },
+    "latent": {"vae": False, "latent_channels": 3, "vae_scale": 1, "pack": 4, "scaling_factor": 1.0, "shift_factor": 0.0},
+    "encoder": {
+        "backbone": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                     "image_size": 64, "patch_size": 8},
+        "layer_indices": [-1, -2, -4], "style_tokens": 8, "hidden_size": 16,
+    },
+    "moe": {"num_experts": 16, "rank": 4, "top_k": 2, "alpha": 8.0},
+    "lora": {"rank": 64},
+    "prompt": {"tokens": 4},
+    "sampling": {"resolution": 64, "steps": 8, "guidance": None, "dynamic_shift": False},
+    "style_tokens": True,
+    "style_row_offset": 64,
+    "train_non_block": False,
+}
+
+PRESETS = {"full": FULL, "tiny": TINY}
+
+
+def get_preset(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A deep copy of preset ``name`` with ``overrides`` merged in (nested dicts merge key by key)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    cfg = copy.deepcopy(PRESETS[name])
+    _merge(cfg, overrides or {})
+    return cfg
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
