@@ -197,6 +197,8 @@ def build(preset: str | dict[str, Any] = "tiny", variant: str = "moe", *, overri
                               **cfg["moe"])
     model = StyleExpert(cfg, variant, transformer, style_encoder if variant != "lora" else None, vae, prompt, pooled)
     inject.freeze_base(model.transformer, train_non_block=False)
+    if model.style_encoder is not None:  # stage 2 setting; stage 1 unfreezes the projector explicitly
+        model.style_encoder.requires_grad_(False)
     return model.to(dtype=dtype) if device.type != "meta" else model
 
 
