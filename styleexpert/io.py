@@ -39,11 +39,15 @@ def _base_state(model: StyleExpert) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: StyleExpert, path: str | Path, *, include_base: bool | None = None,
-                    metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` to the folder ``path`` (created). ``include_base`` defaults to True for the tiny preset."""
+                    base_ref: str | None = None, metadata: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` to the folder ``path`` (created).
+
+    ``include_base`` defaults to True for the tiny preset. ``base_ref`` (a folder path relative to ``path``)
+    instead points at another checkpoint's ``transformer.safetensors``, so that several methods share one base.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    include_base = model.config["name"] != "full" if include_base is None else include_base
+    include_base = (model.config["name"] != "full" and base_ref is None) if include_base is None else include_base
     compat = any(isinstance(m, MoELoRALinear) and m.released_compat for m in inject.adapters(model.transformer).values())
 
     def save(tensors: dict[str, torch.Tensor], name: str) -> None:
@@ -59,7 +63,7 @@ def save_checkpoint(model: StyleExpert, path: str | Path, *, include_base: bool 
         save(enc, "encoder.safetensors")
     save({"prompt_embeds": model.prompt_embeds, "pooled_prompt_embeds": model.pooled_prompt_embeds}, "prompt.safetensors")
     meta = {"format": "styleexpert", "version": FORMAT_VERSION, "variant": model.variant, "preset": model.config,
-            "released_compat": compat, "includes_base": include_base} | (metadata or {})
+            "released_compat": compat, "includes_base": include_base, "base_ref": base_ref} | (metadata or {})
     (path / "config.json").write_text(json.dumps(meta, indent=2, default=str))
     return path
 
@@ -87,6 +91,11 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dty
     model = build(cfg["preset"], cfg["variant"], released_compat=cfg.get("released_compat", False))
     if cfg.get("includes_base"):
         _load_base(model, load_file(str(path / "transformer.safetensors")))
+    elif cfg.get("base_ref"):
+        base_file = path / cfg["base_ref"] / "transformer.safetensors"
+        if not base_file.is_file():
+            raise FileNotFoundError(f"{path}: its base {base_file} is missing; copy the whole checkpoints folder")
+        _load_base(model, load_file(str(base_file)))
     elif base_transformer is not None:
         _load_base(model, _read_tensors(Path(base_transformer)))
     else:

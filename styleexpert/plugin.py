@@ -47,10 +47,11 @@ class StyleExpertMethod(Method):
 
     def __init__(self, *, device: str | torch.device = "cpu", checkpoint: str | None = None, steps: int | None = None,
                  guidance: float | None = None) -> None:
-        from styleexpert.io import load_checkpoint
+        from styleexpert.io import load_checkpoint, read_config
         from styleexpert.pipeline import StyleExpertPipeline
 
         path = find_checkpoint(self.name, checkpoint)
+        reproduce = read_config(path).get("command")
         self.model = load_checkpoint(path, device=device)
         if self.model.variant != self.variant:
             raise ValueError(f"{path}: holds a {self.model.variant!r} model, {self.name} needs {self.variant!r}")
@@ -58,7 +59,8 @@ class StyleExpertMethod(Method):
         sampling = self.model.config["sampling"]
         super().__init__(device=device, checkpoint=str(path), steps=steps or sampling["steps"],
                          guidance=guidance if guidance is not None else sampling.get("guidance"),
-                         weights_sha256=_digest(path / "adapters.safetensors"))
+                         weights_sha256=_digest(path / "adapters.safetensors"),
+                         **({"reproduce": reproduce} if reproduce else {}))
         self._routing: Routing | None = None
 
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *,
@@ -117,3 +119,104 @@ def _digest(path: Path) -> str:
 
 
 __all__: list[Any] = ["StyleExpertLoRA", "StyleExpertMethod", "StyleExpertNoPrior", "find_checkpoint"]
+
+
+# ------------------------------------------------------------------------------------ sxbench train
+STAGE2_METHODS = {"moe": "styleexpert", "lora": "styleexpert-lora", "noprior": "styleexpert-noprior"}
+REPRODUCE = "sxbench train all --out runs/styleexpert-tiny --install"
+"""The one command that reproduces the committed tiny checkpoints."""
+
+
+def add_train_command(subparsers: Any) -> None:
+    """Register ``sxbench train`` (entry point ``sxbench.commands``)."""
+    t = subparsers.add_parser("train", help="train StyleExpert: stage 0 (tiny base), 1 (encoder), 2 (adapters), or all")
+    t.add_argument("stage", choices=("0", "1", "2", "all"))
+    t.add_argument("--out", default="runs/styleexpert-tiny", help="training folder (resumable state lives here)")
+    t.add_argument("--data", default=None, help="triplet folder with manifest.csv (default OUT/data, generated if missing)")
+    t.add_argument("--n-data", type=int, default=3000, help="triplets to generate when --data is absent")
+    t.add_argument("--preset", default="tiny", choices=("tiny", "full"))
+    t.add_argument("--variant", default="moe", choices=tuple(STAGE2_METHODS), help="stage 2 variant")
+    t.add_argument("--steps", type=int, default=None, help="steps of the chosen stage (all: see --steps0/1/2)")
+    t.add_argument("--steps0", type=int, default=2000)
+    t.add_argument("--steps1", type=int, default=400)
+    t.add_argument("--steps2", type=int, default=1000)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=None, help="default: 1e-3 (tiny), 1e-4 (full, stage 2), 1e-5 (full, stage 1)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--resolution", type=int, default=None)
+    t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
+    t.add_argument("--gradient-checkpointing", action="store_true")
+    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--install", action="store_true",
+                   help="copy the stage-2 results to styleexpert/checkpoints (the methods' default), base shared")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(fn=_cmd_train)
+
+
+def _cmd_train(args: Any) -> int:
+    import dataclasses
+    import time
+
+    from styleexpert import train
+
+    out = Path(args.out)
+    data = Path(args.data) if args.data else out / "data"
+    if not (data / "manifest.csv").is_file():
+        if args.data:
+            raise FileNotFoundError(f"{data}: no manifest.csv; write one with `sxbench data synth --out {data} --n N`")
+        from sxbench.protocols.synth import write_triplets
+
+        res = args.resolution or (64 if args.preset == "tiny" else 1024)
+        print(f"generating {args.n_data} training triplets (seen split, {res} px) in {data}")
+        write_triplets(data, args.n_data, "seen", resolution=res, seed=1000 + args.seed, progress=not args.no_progress)
+    full = args.preset == "full"
+    base = train.TrainConfig(out=out, data=data, preset=args.preset, batch_size=args.batch_size, seed=args.seed,
+                             device=args.device, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
+                             checkpoint_every=args.checkpoint_every, resolution=args.resolution,
+                             progress=not args.no_progress)
+
+    def cfg(stage: int) -> "train.TrainConfig":
+        steps = args.steps if args.steps is not None and args.stage != "all" else (args.steps0, args.steps1, args.steps2)[stage]
+        lr = args.lr if args.lr is not None else (1e-3 if not full else (1e-5 if stage == 1 else 1e-4))
+        return dataclasses.replace(base, steps=steps, lr=lr)
+
+    t0 = time.perf_counter()
+    if full and args.stage in ("0", "all"):
+        raise ValueError("stage 0 is for the tiny preset; the full preset's base is Flux.1-Kontext-dev")
+    base_ckpt = out / "base"
+    if args.stage in ("0", "all"):
+        base_ckpt = train.stage0(cfg(0))
+    if args.stage in ("1", "all"):
+        train.stage1(cfg(1), base_ckpt)
+    variants = tuple(STAGE2_METHODS) if args.stage == "all" else ((args.variant,) if args.stage == "2" else ())
+    for v in variants:
+        train.stage2(cfg(2), v, base_ckpt, out / "encoder")
+    if args.install:
+        installed = install_checkpoints(out, variants or tuple(STAGE2_METHODS))
+        for p in installed:
+            print(f"installed {p}")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGED) -> list[Path]:
+    """Copy trained stage-2 checkpoints into ``dest``, sharing one base (``dest/tiny-base``) to stay small."""
+    from styleexpert.io import load_checkpoint, save_checkpoint
+
+    written = []
+    base_saved = False
+    for v in variants:
+        model = load_checkpoint(out / v)
+        if not base_saved:
+            written.append(save_checkpoint(model, dest / "tiny-base", include_base=True,
+                                           metadata={"role": "shared base of the tiny methods", "command": REPRODUCE}))
+            base_saved = True
+        meta = {"command": REPRODUCE, "train_log": f"{out / ('stage2-' + v)}/train_log.json"}
+        written.append(save_checkpoint(model, dest / STAGE2_METHODS[v], include_base=False, base_ref="../tiny-base",
+                                       metadata=meta))
+        for log_name in (f"stage2-{v}", "stage0", "stage1"):
+            src = out / log_name / "train_log.json"
+            if src.is_file():
+                (dest / STAGE2_METHODS[v] / f"{log_name}.json").write_text(src.read_text())
+    return written

@@ -191,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--seed", type=int, default=0)
     ds.add_argument("--no-progress", action="store_true")
     ds.set_defaults(fn=cmd_data)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="sxbench.commands"):  # plugin subcommands, e.g. `sxbench train`
+        try:
+            ep.load()(sub)
+        except Exception as exc:  # a broken plugin must not take the CLI down
+            log.warning("plugin command %s unavailable: %s: %s", ep.name, type(exc).__name__, exc)
     return p
 
 
@@ -204,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (UnknownNameError, FileNotFoundError, ValueError) as exc:
+    except (UnknownNameError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"sxbench: error: {exc}", file=sys.stderr)
         return 2
 

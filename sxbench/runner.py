@@ -297,7 +297,7 @@ class Runner:
             results = self._stylize(method, batch)
             ok = [(w, r) for w, r in zip(batch, results) if isinstance(r[0], Image.Image)]
             values = self._score([r[0] for _, r in ok], [w[0] for w, _ in ok], [w[2] for w, _ in ok]) if ok else {}
-            for (pair, seed, key), (out, seconds, n, meter) in zip(batch, results):
+            for (pair, seed, key), (out, seconds, n, meter, routing) in zip(batch, results):
                 is_ok = isinstance(out, Image.Image)
                 rel = f"images/{info.name}/{key}.png" if is_ok else None
                 if is_ok:
@@ -313,15 +313,15 @@ class Runner:
                     error=None if is_ok else str(out), output_path=rel, latency_s=seconds / n, batch_size=n,
                     peak_memory_bytes=meter.peak, memory_kind=meter.kind, device=str(method.device),
                 )
-                store.write_sample(record, values.get(key, []))
+                store.write_sample(record, values.get(key, []), routing if is_ok else ())
             bar.update(len(batch))
         bar.close()
         return len(todo) - failed, skipped, failed
 
-    def _stylize(self, method: Method, batch: Sequence[tuple[PairSpec, int, str]]) -> list[tuple[Any, float, int, _Meter]]:
+    def _stylize(self, method: Method, batch: Sequence[tuple[PairSpec, int, str]]) -> list[tuple[Any, float, int, _Meter, list]]:
         """Run one batch; on an exception retry sample by sample so one bad pair fails alone.
 
-        Returns per sample ``(PIL image or error message, batch seconds, batch size, meter)``.
+        Returns per sample ``(PIL image or error message, batch seconds, batch size, meter, routing rows)``.
         """
         try:
             contents, styles = zip(*[self._inputs(p)[:2] for p, _, _ in batch])
@@ -329,18 +329,22 @@ class Runner:
                 outputs = method.stylize_batch(list(contents), list(styles), seeds=[s for _, s, _ in batch])
             if len(outputs) != len(batch):
                 raise RuntimeError(f"returned {len(outputs)} outputs for a batch of {len(batch)}")
+            routing = method.routing()
         except Exception as exc:
             if len(batch) == 1:
                 m = _Meter(method.device)
                 m.__enter__(), m.__exit__()
-                return [(f"{type(exc).__name__}: {exc}", 0.0, 1, m)]
+                return [(f"{type(exc).__name__}: {exc}", 0.0, 1, m, [])]
             return [r for item in batch for r in self._stylize(method, [item])]
         results = []
-        for o in outputs:
+        for j, o in enumerate(outputs):
+            rows = [] if routing is None else [
+                (layer, slot, int(routing.indices[layer][j, slot]), float(routing.weights[layer][j, slot]), routing.num_experts)
+                for layer in routing.indices for slot in range(routing.indices[layer].shape[1])]
             try:
-                results.append((to_pil(o), meter.seconds, len(batch), meter))
+                results.append((to_pil(o), meter.seconds, len(batch), meter, rows))
             except ValueError as exc:
-                results.append((f"invalid output: {exc}", meter.seconds, len(batch), meter))
+                results.append((f"invalid output: {exc}", meter.seconds, len(batch), meter, []))
         return results
 
     def _complete_scores(self, store: Store) -> int:

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS samples (
     {", ".join(c + (" TEXT PRIMARY KEY" if c == "sample_key" else "") for c in _SAMPLE_COLUMNS)}, created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_method ON samples (method, method_config);
+CREATE TABLE IF NOT EXISTS routing (
+    sample_key TEXT NOT NULL, layer TEXT NOT NULL, slot INTEGER NOT NULL, expert INTEGER NOT NULL,
+    weight REAL NOT NULL, num_experts INTEGER NOT NULL, PRIMARY KEY (sample_key, layer, slot)
+);
 CREATE TABLE IF NOT EXISTS metric_values (
     {", ".join(_VALUE_COLUMNS)}, PRIMARY KEY (sample_key, metric)
 );
@@ -97,8 +101,10 @@ class Store:
             "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)", (info.name, info.version, json.dumps(info.to_dict()))
         )
 
-    def write_sample(self, sample: SampleRecord, values: Iterable[MetricValue] = ()) -> None:
-        """Insert a finished sample and its metric values atomically (replacing an earlier error row)."""
+    def write_sample(self, sample: SampleRecord, values: Iterable[MetricValue] = (),
+                     routing: Iterable[tuple[str, int, int, float, int]] = ()) -> None:
+        """Insert a finished sample, its metric values and its expert routing (rows ``(layer, slot, expert,
+        weight, num_experts)``) atomically, replacing an earlier error row."""
         row = asdict(sample)
         with self._transaction():
             self.conn.execute(
@@ -106,6 +112,8 @@ class Store:
                 [row[c] for c in _SAMPLE_COLUMNS] + [time.time()],
             )
             self._insert_values(values)
+            self.conn.executemany("INSERT OR REPLACE INTO routing VALUES (?, ?, ?, ?, ?, ?)",
+                                  [(sample.sample_key, *r) for r in routing])
 
     def write_values(self, values: Iterable[MetricValue]) -> None:
         """Insert metric values of existing samples in one transaction."""
@@ -142,6 +150,15 @@ class Store:
             for key, metric in self.conn.execute(q, chunk):
                 out[key].add(metric)
         return out
+
+    def routing(self) -> pd.DataFrame:
+        """Long format: one row per (sample, layer, slot) with the sample's labels joined in."""
+        return pd.read_sql_query(
+            """SELECT s.method, s.method_config, s.split, s.level, s.family, s.style_id, s.pair_id, s.seed,
+                      r.layer, r.slot, r.expert, r.weight, r.num_experts, r.sample_key
+               FROM routing r JOIN samples s USING (sample_key) ORDER BY s.method, r.sample_key, r.layer, r.slot""",
+            self.conn,
+        )
 
     def runs(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM runs ORDER BY started", self.conn)

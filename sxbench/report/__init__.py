@@ -132,6 +132,89 @@ def _figures(values: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
     return figs
 
 
+def _expert_section(routing: pd.DataFrame, fig_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Expert-utilization rows per mixture method and their figures (heatmap, IoU comparison)."""
+    from sxbench.metrics.experts import DIRECTIONS, expert_stats
+
+    if routing.empty:
+        return [], []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    rows, figs, ious = [], [], []
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    methods = sorted(routing.method.unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(6.5 * len(methods), 5), squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        d = routing[routing.method == method]
+        st = expert_stats(d, int(d.num_experts.iloc[0]))
+        rows.append({"method": method, "n_styles": st.n_styles, "num_experts": st.num_experts, **st.values})
+        sns.heatmap(st.usage_by_family, ax=ax, cmap="viridis", vmin=0, cbar_kws={"label": "fraction of styles"})
+        ax.set_title(f"{method}: expert usage by style family (mean over layers)")
+        ax.set_xlabel("expert")
+        for kind in ("similar", "related", "dissimilar"):
+            ious.append({"method": method, "pairs": kind, "IoU": st.values[f"routing_iou_{kind}"]})
+    fig.tight_layout()
+    fig.savefig(fig_dir / "expert_usage.png", dpi=100)
+    plt.close(fig)
+    figs.append({"file": "figures/expert_usage.png",
+                 "caption": "How often each expert is chosen for the styles of each family (averaged over layers)."})
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    sns.barplot(pd.DataFrame(ious), x="method", y="IoU", hue="pairs", ax=ax)
+    ax.axhline(0.3318, ls="--", c="k", lw=0.8)
+    ax.axhline(0.1060, ls=":", c="k", lw=0.8)
+    ax.set_title("Routing IoU between styles (paper: 33.18% similar, 10.60% dissimilar)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "routing_iou.png", dpi=110)
+    plt.close(fig)
+    figs.append({"file": "figures/routing_iou.png",
+                 "caption": "Expert-set IoU for pairs of styles of the same family (similar), the same level "
+                            "(related) and different levels (dissimilar); dashed/dotted: the paper's figures."})
+    return [r | {"directions": DIRECTIONS} for r in rows], figs
+
+
+def _training_curves(method_infos: list[dict[str, Any]], fig_dir: Path) -> list[dict[str, str]]:
+    """Loss curves of every training log (``*.json`` with a ``history``) in a method's checkpoint folder."""
+    logs = []
+    for m in method_infos:
+        ckpt = m.get("params", {}).get("checkpoint")
+        if not ckpt or not Path(ckpt).is_dir():
+            continue
+        for f in sorted(Path(ckpt).glob("*.json")):
+            try:
+                data = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(data, dict) and isinstance(data.get("history"), list) and data["history"]:
+                h = pd.DataFrame(data["history"])
+                h["curve"] = f"{m['name']}: {data.get('stage', f.stem)}"
+                logs.append(h)
+    if not logs:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = pd.concat(logs).drop_duplicates(["curve", "step"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for curve, d in df.groupby("curve"):
+        smooth = d.loss.rolling(max(1, len(d) // 50), min_periods=1).mean()
+        ax.plot(d.step, smooth, label=curve, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss (running mean)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(fig_dir / "training_loss.png", dpi=110)
+    plt.close(fig)
+    return [{"file": "figures/training_loss.png", "caption": "Training losses read from the methods' checkpoint folders."}]
+
+
 def render(run_dir: str | Path) -> Path:
     """Write ``run_dir/index.html`` (and ``figures/``) from the store in ``run_dir``."""
     import jinja2
@@ -145,6 +228,7 @@ def render(run_dir: str | Path) -> Path:
         runs = store.runs()
         metric_infos = store.metrics()
         method_infos = store.methods()
+        routing = store.routing()
 
     last = runs.iloc[-1] if len(runs) else None
     config = json.loads(last.config) if last is not None else {}
@@ -193,6 +277,9 @@ def render(run_dir: str | Path) -> Path:
             })
 
     figures = _figures(values, run_dir / "figures") if len(values) else []
+    expert_rows, expert_figs = _expert_section(routing, run_dir / "figures")
+    infos = sorted(method_infos.values(), key=lambda m: m["name"])
+    figures += expert_figs + _training_curves(infos, run_dir / "figures")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -203,7 +290,7 @@ def render(run_dir: str | Path) -> Path:
         groups=groups, methods=methods, board=board, by_split=by_split, by_level=by_level, splits=splits,
         levels=levels, n_samples=len(samples), n_ok=len(ok), errors=errors.head(50).to_dict("records"),
         n_errors=len(errors), cost=cost, grid=grid, figures=figures, metric_rows=metric_rows,
-        method_infos=sorted(method_infos.values(), key=lambda m: m["name"]),
+        method_infos=infos, expert_rows=expert_rows,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), json=json,
     )

@@ -1,0 +1,318 @@
+"""Training: stage 0 (tiny base), stage 1 (style encoder head), stage 2 (adapters), and the ablations.
+
+Data is a triplet folder with ``manifest.csv`` (columns ``content, style, target, split, level, family``,
+paths relative to the folder), as written by ``sxbench data synth``; nothing here generates data.
+
+Every stage is resumable and deterministic: the batch of step ``i`` and its noise depend only on
+``(seed, i)``, and a state file (trainable tensors, optimizer moments, step, loss log) is written every
+``checkpoint_every`` steps and at the end. A killed run started again with the same command continues from
+its last state; a finished stage is skipped.
+
+Stages:
+
+0. tiny only: the base transformer learns to be an image-conditioned generator: half of the samples are
+   reconstruction (target = content), half generic global edits (gain, gamma, saturation, channel mixing)
+   shown in context by the reference (the same edit on another image). Adapters are inert (B = 0).
+1. the style projector by multi-positive InfoNCE on style-family labels (backbone frozen; its hidden
+   states are computed once and cached).
+2. base and encoder frozen; the adapters (``moe``, ``lora`` or ``noprior``) by flow matching on triplets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from styleexpert import inject
+from styleexpert.encoder import PositivePairSampler, multi_positive_infonce
+from styleexpert.io import load_checkpoint, save_checkpoint
+from styleexpert.pipeline import StyleExpert, build, flow_matching_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Options shared by the stages (one flag each on the command line)."""
+
+    out: Path
+    """Training folder: stage outputs and resumable state live here."""
+    data: Path
+    """Triplet folder with manifest.csv."""
+    preset: str = "tiny"
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = False
+    """Autocast matmuls to bfloat16 (GPU)."""
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 100
+    resolution: int | None = None
+    """Training resolution; default the preset's sampling resolution."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Preset overrides (nested dict)."""
+    progress: bool = True
+    temperature: float = 0.07
+    """InfoNCE τ (stage 1)."""
+
+
+# --------------------------------------------------------------------------------------------- data
+class TripletData:
+    """All triplets of a folder in memory as uint8 ``(N, 3, H, W)`` tensors, with family labels."""
+
+    def __init__(self, root: Path, resolution: int, split: str | None = "seen") -> None:
+        manifest = root / "manifest.csv"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{root}: no manifest.csv; write training data with `sxbench data synth --out {root} --n N`")
+        rows = list(csv.DictReader(manifest.open()))
+        if split:
+            rows = [r for r in rows if r.get("split", split) == split]
+        if not rows:
+            raise ValueError(f"{manifest}: no rows of split {split!r}")
+
+        def load(rel: str) -> np.ndarray:
+            im = Image.open(root / rel).convert("RGB")
+            if im.size != (resolution, resolution):
+                im = im.resize((resolution, resolution), Image.Resampling.LANCZOS)
+            return np.asarray(im).transpose(2, 0, 1)
+
+        self.content = torch.from_numpy(np.stack([load(r["content"]) for r in rows]))
+        self.style = torch.from_numpy(np.stack([load(r["style"]) for r in rows]))
+        self.target = torch.from_numpy(np.stack([load(r["target"]) for r in rows]))
+        self.families = sorted({r["family"] for r in rows})
+        self.labels = torch.tensor([self.families.index(r["family"]) for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @staticmethod
+    def floats(x: torch.Tensor) -> torch.Tensor:
+        return x.float() / 255.0
+
+
+def _generic_edit(x: torch.Tensor, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A random global photometric edit (the same function for the reference and the target)."""
+    gain = 0.6 + 0.8 * torch.rand(3, generator=g)
+    gamma = 0.6 + 0.9 * torch.rand(1, generator=g)
+    sat = 1.6 * torch.rand(1, generator=g)
+    mix = torch.eye(3) + 0.3 * torch.randn(3, 3, generator=g)
+
+    def edit(img: torch.Tensor) -> torch.Tensor:
+        y = img.clamp(0, 1) ** gamma
+        grey = y.mean(1, keepdim=True)
+        y = grey + sat * (y - grey)
+        y = torch.einsum("ij,bjhw->bihw", mix, y) * gain.view(1, 3, 1, 1)
+        return y.clamp(0, 1)
+
+    return edit
+
+
+# --------------------------------------------------------------------------------------- state I/O
+def _save_state(path: Path, step: int, params: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
+                history: list[dict[str, float]]) -> None:
+    tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in params.items()}
+    names = list(params)
+    for i, st in opt.state_dict()["state"].items():
+        for key, val in st.items():
+            tensors[f"opt.{names[i]}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
+    tmp = path.with_suffix(".safetensors.tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path.with_suffix(".safetensors"))
+    meta = {"step": step, "history": history, "param_groups": opt.state_dict()["param_groups"]}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(path.with_suffix(".json"))
+
+
+def _load_state(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> tuple[int, list]:
+    if not path.with_suffix(".json").is_file():
+        return 0, []
+    meta = json.loads(path.with_suffix(".json").read_text())
+    tensors = load_file(str(path.with_suffix(".safetensors")))
+    names = list(params)
+    with torch.no_grad():
+        for k, p in params.items():
+            p.copy_(tensors[f"param.{k}"])
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            pname, _, sub = key[4:].rpartition(".")
+            state.setdefault(names.index(pname), {})[sub] = val
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"]), list(meta["history"])
+
+
+def _loop(cfg: TrainConfig, name: str, params: dict[str, torch.nn.Parameter],
+          loss_fn: Callable[[int, torch.Generator], torch.Tensor], lr: float) -> list[dict[str, float]]:
+    """The shared training loop: AdamW, linear warm-up, resumable state under ``out/<name>/state``."""
+    from tqdm.auto import tqdm
+
+    folder = cfg.out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
+    state = folder / "state"
+    step, history = _load_state(state, params, opt)
+    if step:
+        log.info("%s: resuming from step %d", name, step)
+    warmup = max(1, min(100, cfg.steps // 10))
+    bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not cfg.progress)
+    t0 = time.perf_counter()
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / warmup)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        with torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = loss_fn(step, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+        opt.step()
+        step += 1
+        history.append({"step": step, "loss": loss.item(), "lr": opt.param_groups[0]["lr"],
+                        "seconds": time.perf_counter() - t0})
+        bar.update(1)
+        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _save_state(state, step, params, opt, history)
+    bar.close()
+    (folder / "train_log.json").write_text(json.dumps({"stage": name, "config": {k: str(v) for k, v in asdict(cfg).items()},
+                                                      "history": history}, indent=1))
+    return history
+
+
+def _batch(data: TripletData, step: int, cfg: TrainConfig) -> np.ndarray:
+    return np.random.default_rng((cfg.seed, step)).choice(len(data), size=cfg.batch_size, replace=len(data) < cfg.batch_size)
+
+
+def _resolution(cfg: TrainConfig, model_cfg: dict[str, Any]) -> int:
+    return cfg.resolution or model_cfg["sampling"]["resolution"]
+
+
+# ------------------------------------------------------------------------------------------ stages
+def stage0(cfg: TrainConfig) -> Path:
+    """Pretrain the tiny base transformer; writes ``out/base`` (a checkpoint with base weights)."""
+    done = cfg.out / "base"
+    if (done / "config.json").is_file():
+        log.info("stage 0 already done: %s", done)
+        return done
+    model = build(cfg.preset, "moe", overrides=cfg.overrides, seed=cfg.seed).to(cfg.device)
+    if cfg.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
+    data = TripletData(cfg.data, _resolution(cfg, model.config), split=None)
+    adapter_ids = {id(p) for p in inject.adapter_parameters(model.transformer)}
+    for p in inject.adapter_parameters(model.transformer):
+        p.requires_grad_(False)  # inert (B = 0) during stage 0
+    params = {n: p for n, p in model.transformer.named_parameters() if id(p) not in adapter_ids}
+    for p in params.values():
+        p.requires_grad_(True)
+    params["prompt_embeds"], params["pooled_prompt_embeds"] = model.prompt_embeds, model.pooled_prompt_embeds
+    model.prompt_embeds.requires_grad_(True)
+    model.pooled_prompt_embeds.requires_grad_(True)
+
+    def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
+        idx = _batch(data, step, cfg)
+        content = data.floats(data.content[idx])
+        other = data.floats(data.content[np.roll(idx, 1)])
+        if step % 2 == 0:  # reconstruction: copy the content whatever the reference
+            ref, target = data.floats(data.style[idx]), content
+        else:  # a generic global edit, shown in context on another image
+            edit = _generic_edit(content, g)
+            ref, target = edit(other), edit(content)
+        dev = cfg.device
+        return flow_matching_loss(model, content.to(dev), ref.to(dev), target.to(dev), g)
+
+    _loop(cfg, "stage0", params, loss_fn, cfg.lr)
+    for p in params.values():
+        p.requires_grad_(False)
+    save_checkpoint(model, done, include_base=True, metadata={"stage": 0})
+    return done
+
+
+def stage1(cfg: TrainConfig, base: Path) -> Path:
+    """Train the style projector by InfoNCE on family labels; writes ``out/encoder`` (a checkpoint)."""
+    done = cfg.out / "encoder"
+    if (done / "config.json").is_file():
+        log.info("stage 1 already done: %s", done)
+        return done
+    model = load_checkpoint(base, device=cfg.device)
+    enc = model.style_encoder
+    data = TripletData(cfg.data, _resolution(cfg, model.config), split="seen")
+    # both the references and the targets show their family's style; cache the frozen backbone once
+    images = torch.cat([data.style, data.target])
+    labels = torch.cat([data.labels, data.labels])
+    cached: list[list[torch.Tensor]] = []
+    for i in range(0, len(images), 64):
+        hs = enc.hidden_states(data.floats(images[i:i + 64]).to(cfg.device))
+        cached.append(hs)
+    hidden = [torch.cat([c[j] for c in cached]) for j in range(len(cached[0]))]
+    sampler = PositivePairSampler(labels.numpy(), cfg.batch_size, seed=cfg.seed)
+    params = dict(enc.projector.named_parameters())
+    for p in params.values():
+        p.requires_grad_(True)
+
+    def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
+        sampler.rng = np.random.default_rng((cfg.seed, step))
+        a, b = sampler.sample()
+        e = enc.embed([h[a] for h in hidden])
+        e2 = enc.embed([h[b] for h in hidden])
+        return multi_positive_infonce(e, e2, labels[a], labels[b], cfg.temperature)
+
+    _loop(cfg, "stage1", params, loss_fn, cfg.lr)
+    enc.projector.requires_grad_(False)
+    save_checkpoint(model, done, include_base=True, metadata={"stage": 1, "families": data.families})
+    return done
+
+
+def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> Path:
+    """Train the adapters of ``variant`` on triplets; writes ``out/<variant>`` (the method's checkpoint).
+
+    ``moe`` uses the stage-1 encoder; ``noprior`` keeps the encoder as built (untrained projector, same
+    backbone); ``lora`` has no router.
+    """
+    done = cfg.out / variant
+    if (done / "config.json").is_file():
+        log.info("stage 2 (%s) already done: %s", variant, done)
+        return done
+    base_model = load_checkpoint(base, device=cfg.device)
+    model = build(base_model.config, variant, seed=cfg.seed + 1).to(cfg.device)
+    src = {k.replace(".base.", "."): v for k, v in base_model.transformer.state_dict().items() if ".lora_layer." not in k}
+    own = dict(model.transformer.named_parameters()) | dict(model.transformer.named_buffers())
+    with torch.no_grad():
+        for k, v in src.items():
+            mod, _, leaf = k.rpartition(".")
+            key = f"{mod}.base.{leaf}" if f"{mod}.base.{leaf}" in own else k
+            own[key].copy_(v)
+        model.prompt_embeds.copy_(base_model.prompt_embeds)
+        model.pooled_prompt_embeds.copy_(base_model.pooled_prompt_embeds)
+        if model.style_encoder is not None:
+            model.style_encoder.backbone.load_state_dict(base_model.style_encoder.backbone.state_dict())
+            if variant == "moe":
+                if encoder is None:
+                    raise ValueError("stage 2 moe needs the stage-1 encoder")
+                model.style_encoder.projector.load_state_dict(load_checkpoint(encoder).style_encoder.projector.state_dict())
+    if cfg.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
+    data = TripletData(cfg.data, _resolution(cfg, model.config), split="seen")
+    params = {n: p for n, p in model.transformer.named_parameters() if p.requires_grad}
+
+    def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
+        idx = _batch(data, step, cfg)
+        dev = cfg.device
+        return flow_matching_loss(model, data.floats(data.content[idx]).to(dev), data.floats(data.style[idx]).to(dev),
+                                  data.floats(data.target[idx]).to(dev), g)
+
+    _loop(cfg, f"stage2-{variant}", params, loss_fn, cfg.lr)
+    save_checkpoint(model, done, include_base=True, metadata={"stage": 2})
+    return done
