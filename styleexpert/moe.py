@@ -76,29 +76,15 @@ class MoELoRAExperts(nn.Module):
         return RoutingDecision(idx, torch.softmax(top.to(torch.promote_types(top.dtype, torch.float32)), dim=-1))
 
 
-class MoELoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a style-routed mixture of LoRA experts.
+class _FrozenLinearWrapper(nn.Module):
+    """Holds a frozen ``nn.Linear`` as ``base`` and looks like it (for code that inspects the layer it called)."""
 
-    Call ``set_condition(style_embedding)`` once per batch of images (``(B, cond_dim)``) before the forward
-    passes; inputs are ``(B, in)`` or ``(B, T, in)`` (any number of middle dimensions) with the same ``B``.
-    """
-
-    def __init__(self, base: nn.Linear, cond_dim: int, num_experts: int = 16, rank: int = 8, top_k: int = 2,
-                 alpha: float = 16.0, released_compat: bool = False) -> None:
+    def __init__(self, base: nn.Linear) -> None:
         super().__init__()
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
-        self.lora_layer = MoELoRAExperts(base.in_features, base.out_features, cond_dim, num_experts, rank, top_k,
-                                         alpha, device=base.weight.device, dtype=base.weight.dtype)
-        self.released_compat = released_compat
-        self.routing: RoutingDecision | None = None
-        self._slot_weights: torch.Tensor | None = None  # (B, (k+1)·r) per-rank-slot scale
-        self._A: torch.Tensor | None = None  # gathered (B, (k+1)·r, in)
-        self._B: torch.Tensor | None = None  # gathered (B, out, (k+1)·r)
-        self._merged: torch.Tensor | None = None  # original weight while merged
 
-    # nn.Linear look-alike, for code that inspects the layer it called
     @property
     def in_features(self) -> int:
         return self.base.in_features
@@ -114,6 +100,26 @@ class MoELoRALinear(nn.Module):
     @property
     def bias(self) -> torch.Tensor | None:
         return self.base.bias
+
+
+class MoELoRALinear(_FrozenLinearWrapper):
+    """A frozen ``nn.Linear`` plus a style-routed mixture of LoRA experts.
+
+    Call ``set_condition(style_embedding)`` once per batch of images (``(B, cond_dim)``) before the forward
+    passes; inputs are ``(B, in)`` or ``(B, T, in)`` (any number of middle dimensions) with the same ``B``.
+    """
+
+    def __init__(self, base: nn.Linear, cond_dim: int, num_experts: int = 16, rank: int = 8, top_k: int = 2,
+                 alpha: float = 16.0, released_compat: bool = False) -> None:
+        super().__init__(base)
+        self.lora_layer = MoELoRAExperts(base.in_features, base.out_features, cond_dim, num_experts, rank, top_k,
+                                         alpha, device=base.weight.device, dtype=base.weight.dtype)
+        self.released_compat = released_compat
+        self.routing: RoutingDecision | None = None
+        self._slot_weights: torch.Tensor | None = None  # (B, (k+1)·r) per-rank-slot scale
+        self._A: torch.Tensor | None = None  # gathered (B, (k+1)·r, in)
+        self._B: torch.Tensor | None = None  # gathered (B, out, (k+1)·r)
+        self._merged: torch.Tensor | None = None  # original weight while merged
 
     @property
     def scale(self) -> float:
@@ -191,7 +197,7 @@ class MoELoRALinear(nn.Module):
             self._merged = None
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(_FrozenLinearWrapper):
     """The single-LoRA ablation: one rank-``rank`` LoRA on a frozen linear, no router (``styleexpert-lora``).
 
     ``h' = W h + bias + (α / r) · B A h`` with A ~ N(0, 1/r), B = 0. The default α = 2·r keeps the same
@@ -199,32 +205,13 @@ class LoRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, rank: int = 128, alpha: float | None = None) -> None:
-        super().__init__()
-        self.base = base
-        for p in self.base.parameters():
-            p.requires_grad_(False)
+        super().__init__(base)
         kw = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.rank, self.alpha = rank, float(alpha if alpha is not None else 2 * rank)
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **kw))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **kw))
         if self.lora_A.device.type != "meta":
             nn.init.normal_(self.lora_A, std=1.0 / rank)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
-
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
 
     def set_condition(self, cond: torch.Tensor | None) -> None:
         """No router: the condition is ignored (kept for a uniform interface)."""
