@@ -174,7 +174,8 @@ def _cmd_train(args: Any) -> int:
     base = train.TrainConfig(out=out, data=data, preset=args.preset, batch_size=args.batch_size, seed=args.seed,
                              device=args.device, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
                              checkpoint_every=args.checkpoint_every, resolution=args.resolution,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress,
+                             timestep_sampling="uniform" if args.preset == "tiny" else "logit_normal")
 
     def cfg(stage: int) -> "train.TrainConfig":
         steps = args.steps if args.steps is not None and args.stage != "all" else (args.steps0, args.steps1, args.steps2)[stage]
@@ -215,7 +216,8 @@ def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGE
         meta = {"command": REPRODUCE, "train_log": f"{out / ('stage2-' + v)}/train_log.json"}
         written.append(save_checkpoint(model, dest / STAGE2_METHODS[v], include_base=False, base_ref="../tiny-base",
                                        metadata=meta))
-        for log_name in (f"stage2-{v}", "stage0", "stage1"):
+        lineage = ("stage0", "stage1", f"stage2-{v}") if v == "moe" else (f"stage2-{v}",)
+        for log_name in lineage:
             src = out / log_name / "train_log.json"
             if src.is_file():
                 (dest / STAGE2_METHODS[v] / f"{log_name}.json").write_text(src.read_text())

@@ -41,8 +41,10 @@ TINY: dict[str, Any] = {
     # the transformer works on 4×4 patches of pixels: 64 × 64 images → 256 tokens of 48 channels
     "transformer": {
         "patch_size": 1, "in_channels": 48, "out_channels": None, "num_layers": 2, "num_single_layers": 2,
-        "attention_head_dim": 16, "num_attention_heads": 4, "joint_attention_dim": 64,
-        "pooled_projection_dim": 64, "guidance_embeds": False, "axes_dims_rope": [4, 6, 6],
+        # 2 heads of 32: RoPE needs enough dimensions per spatial axis (12) to tell 16 positions apart,
+        # or the noisy tokens cannot find their content token (measured: 4 heads of 16 never learn to copy)
+        "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": 64,
+        "pooled_projection_dim": 64, "guidance_embeds": False, "axes_dims_rope": [8, 12, 12],
     },
     "latent": {"vae": False, "latent_channels": 3, "vae_scale": 1, "pack": 4, "scaling_factor": 1.0, "shift_factor": 0.0},
     "encoder": {

@@ -66,6 +66,9 @@ class TrainConfig:
     progress: bool = True
     temperature: float = 0.07
     """InfoNCE τ (stage 1)."""
+    timestep_sampling: str = "uniform"
+    """``uniform`` σ ~ U(0, 1) (the tiny model samples in few steps and needs every σ), or
+    ``logit_normal`` (SD3/Flux practice, for the full preset)."""
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -196,6 +199,14 @@ def _batch(data: TripletData, step: int, cfg: TrainConfig) -> np.ndarray:
     return np.random.default_rng((cfg.seed, step)).choice(len(data), size=cfg.batch_size, replace=len(data) < cfg.batch_size)
 
 
+def _sigma(cfg: TrainConfig, g: torch.Generator) -> torch.Tensor | None:
+    if cfg.timestep_sampling == "uniform":
+        return torch.rand(cfg.batch_size, generator=g)
+    if cfg.timestep_sampling == "logit_normal":
+        return None  # flow_matching_loss's default
+    raise ValueError(f"timestep_sampling must be uniform or logit_normal, got {cfg.timestep_sampling!r}")
+
+
 def _resolution(cfg: TrainConfig, model_cfg: dict[str, Any]) -> int:
     return cfg.resolution or model_cfg["sampling"]["resolution"]
 
@@ -231,7 +242,7 @@ def stage0(cfg: TrainConfig) -> Path:
             edit = _generic_edit(content, g)
             ref, target = edit(other), edit(content)
         dev = cfg.device
-        return flow_matching_loss(model, content.to(dev), ref.to(dev), target.to(dev), g)
+        return flow_matching_loss(model, content.to(dev), ref.to(dev), target.to(dev), g, sigma=_sigma(cfg, g))
 
     _loop(cfg, "stage0", params, loss_fn, cfg.lr)
     for p in params.values():
@@ -311,7 +322,7 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
         idx = _batch(data, step, cfg)
         dev = cfg.device
         return flow_matching_loss(model, data.floats(data.content[idx]).to(dev), data.floats(data.style[idx]).to(dev),
-                                  data.floats(data.target[idx]).to(dev), g)
+                                  data.floats(data.target[idx]).to(dev), g, sigma=_sigma(cfg, g))
 
     _loop(cfg, f"stage2-{variant}", params, loss_fn, cfg.lr)
     save_checkpoint(model, done, include_base=True, metadata={"stage": 2})

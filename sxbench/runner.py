@@ -34,7 +34,8 @@ from sxbench.store import Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("identity", "stylecopy", "reinhard", "histmatch")
+DEFAULT_METHODS = ("identity", "stylecopy", "reinhard", "histmatch", "styleexpert", "styleexpert-lora",
+                   "styleexpert-noprior")
 """Methods of a run without ``--methods``; names not registered in this installation are skipped."""
 
 

@@ -25,23 +25,26 @@ def sx(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.Co
 def test_end_to_end_on_synth_smoke(tmp_path):
     out = tmp_path / "smoke"
     p = sx("run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress")
-    assert "32 generated, 0 already stored, 0 failed" in p.stdout
+    assert "56 generated, 0 already stored, 0 failed" in p.stdout  # 7 default methods × 8 pairs
     html = (out / "index.html").read_text()
-    for name in ("identity", "stylecopy", "reinhard", "histmatch", "content_ssim", "style_gram", "target_detail"):
+    for name in ("identity", "stylecopy", "reinhard", "histmatch", "styleexpert", "styleexpert-lora",
+                 "styleexpert-noprior", "content_ssim", "style_gram", "target_detail", "Expert utilization",
+                 "routing_iou_similar", "weights_sha256", "sxbench train all"):
         assert name in html
+    for fig in ("metrics_by_level", "expert_usage", "routing_iou", "training_loss"):
+        assert (out / "figures" / f"{fig}.png").is_file(), fig
     assert "↑" in html and "↓" in html and "unseen" in html and "texture" in html
-    assert (out / "figures" / "metrics_by_level.png").is_file()
     for src in __import__("re").findall(r'src="([^"]+\.png)"', html):
         assert (out / src).is_file(), src
     # same command again: nothing recomputed
     again = sx("run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress")
-    assert "0 generated, 32 already stored" in again.stdout
+    assert "0 generated, 56 already stored" in again.stdout
     # export in long format
     sx("export", str(out))
     df = pd.read_csv(out / "results.csv")
     assert {"method", "protocol", "split", "level", "content_id", "style_id", "seed", "metric", "value",
             "higher_is_better"} <= set(df.columns)
-    assert len(df) == 4 * 8 * 8 and not df.duplicated(["method", "pair_id", "seed", "metric"]).any()
+    assert len(df) == 7 * 8 * 8 and not df.duplicated(["method", "pair_id", "seed", "metric"]).any()
     sx("export", str(out), "--format", "parquet", "--output", str(tmp_path / "r.parquet"))
     assert len(pd.read_parquet(tmp_path / "r.parquet")) == len(df)
     (out / "index.html").unlink()
