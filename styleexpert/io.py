@@ -90,14 +90,14 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dty
     cfg = read_config(path)
     model = build(cfg["preset"], cfg["variant"], released_compat=cfg.get("released_compat", False))
     if cfg.get("includes_base"):
-        _load_base(model, load_file(str(path / "transformer.safetensors")))
+        load_base_weights(model, load_file(str(path / "transformer.safetensors")))
     elif cfg.get("base_ref"):
         base_file = path / cfg["base_ref"] / "transformer.safetensors"
         if not base_file.is_file():
             raise FileNotFoundError(f"{path}: its base {base_file} is missing; copy the whole checkpoints folder")
-        _load_base(model, load_file(str(base_file)))
+        load_base_weights(model, load_file(str(base_file)))
     elif base_transformer is not None:
-        _load_base(model, _read_tensors(Path(base_transformer)))
+        load_base_weights(model, _read_tensors(Path(base_transformer)))
     else:
         raise FileNotFoundError(
             f"{path}: the checkpoint holds adapters only; pass the Flux.1-Kontext-dev transformer weights "
@@ -127,7 +127,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def _load_base(model: StyleExpert, state: dict[str, torch.Tensor]) -> None:
+def load_base_weights(model: StyleExpert, state: dict[str, torch.Tensor]) -> None:
+    """Load transformer weights keyed by the original (unwrapped) module names into a wrapped model."""
     wrapped = set(inject.adapters(model.transformer))
     mapped = {}
     for k, v in state.items():

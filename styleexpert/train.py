@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from styleexpert import inject
 from styleexpert.encoder import PositivePairSampler, multi_positive_infonce
-from styleexpert.io import load_checkpoint, save_checkpoint
+from styleexpert.io import load_base_weights, load_checkpoint, save_checkpoint
 from styleexpert.pipeline import StyleExpert, build, flow_matching_loss
 
 log = logging.getLogger(__name__)
@@ -298,13 +298,9 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
         return done
     base_model = load_checkpoint(base, device=cfg.device)
     model = build(base_model.config, variant, seed=cfg.seed + 1).to(cfg.device)
-    src = {k.replace(".base.", "."): v for k, v in base_model.transformer.state_dict().items() if ".lora_layer." not in k}
-    own = dict(model.transformer.named_parameters()) | dict(model.transformer.named_buffers())
+    load_base_weights(model, {k.replace(".base.", "."): v for k, v in base_model.transformer.state_dict().items()
+                              if ".lora_layer." not in k})
     with torch.no_grad():
-        for k, v in src.items():
-            mod, _, leaf = k.rpartition(".")
-            key = f"{mod}.base.{leaf}" if f"{mod}.base.{leaf}" in own else k
-            own[key].copy_(v)
         model.prompt_embeds.copy_(base_model.prompt_embeds)
         model.pooled_prompt_embeds.copy_(base_model.pooled_prompt_embeds)
         if model.style_encoder is not None:
