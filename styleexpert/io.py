@@ -28,14 +28,13 @@ from styleexpert.pipeline import StyleExpert, build
 FORMAT_VERSION = 1
 
 
-def _base_state(model: StyleExpert) -> dict[str, torch.Tensor]:
+def _is_adapter_key(key: str) -> bool:
+    return ".lora_layer." in key or key.rsplit(".", 1)[-1] in ("lora_A", "lora_B")
+
+
+def base_state_dict(model: StyleExpert) -> dict[str, torch.Tensor]:
     """Transformer weights without adapter tensors, with wrapped layers under their original names."""
-    out = {}
-    for k, v in model.transformer.state_dict().items():
-        if ".lora_layer." in k or k.rsplit(".", 1)[-1] in ("lora_A", "lora_B"):
-            continue
-        out[k.replace(".base.", ".")] = v
-    return out
+    return {k.replace(".base.", "."): v for k, v in model.transformer.state_dict().items() if not _is_adapter_key(k)}
 
 
 def save_checkpoint(model: StyleExpert, path: str | Path, *, include_base: bool | None = None,
@@ -55,7 +54,7 @@ def save_checkpoint(model: StyleExpert, path: str | Path, *, include_base: bool 
 
     save(inject.adapter_state_dict(model.transformer), "adapters.safetensors")
     if include_base:
-        save(_base_state(model), "transformer.safetensors")
+        save(base_state_dict(model), "transformer.safetensors")
     if model.style_encoder is not None:
         enc = {f"projector.{k}": v for k, v in model.style_encoder.projector.state_dict().items()}
         if model.config["name"] != "full":
@@ -134,9 +133,8 @@ def load_base_weights(model: StyleExpert, state: dict[str, torch.Tensor]) -> Non
     for k, v in state.items():
         mod, _, leaf = k.rpartition(".")
         mapped[f"{mod}.base.{leaf}" if mod in wrapped else k] = v
-    own = {k: v for k, v in model.transformer.state_dict().items() if ".lora_layer." not in k
-           and k.rsplit(".", 1)[-1] not in ("lora_A", "lora_B")}
-    missing, unexpected = set(own) - set(mapped), set(mapped) - set(own)
+    own = {k for k in model.transformer.state_dict() if not _is_adapter_key(k)}
+    missing, unexpected = own - set(mapped), set(mapped) - own
     if missing or unexpected:
         raise ValueError(f"base transformer weights do not match the preset: {len(missing)} missing "
                          f"(e.g. {sorted(missing)[:3]}), {len(unexpected)} unexpected (e.g. {sorted(unexpected)[:3]})")

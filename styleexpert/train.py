@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from styleexpert import inject
 from styleexpert.encoder import PositivePairSampler, multi_positive_infonce
-from styleexpert.io import load_base_weights, load_checkpoint, save_checkpoint
+from styleexpert.io import base_state_dict, load_base_weights, load_checkpoint, save_checkpoint
 from styleexpert.pipeline import StyleExpert, build, flow_matching_loss
 
 log = logging.getLogger(__name__)
@@ -298,8 +298,7 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
         return done
     base_model = load_checkpoint(base, device=cfg.device)
     model = build(base_model.config, variant, seed=cfg.seed + 1).to(cfg.device)
-    load_base_weights(model, {k.replace(".base.", "."): v for k, v in base_model.transformer.state_dict().items()
-                              if ".lora_layer." not in k})
+    load_base_weights(model, base_state_dict(base_model))
     with torch.no_grad():
         model.prompt_embeds.copy_(base_model.prompt_embeds)
         model.pooled_prompt_embeds.copy_(base_model.pooled_prompt_embeds)
