@@ -116,6 +116,62 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dty
     return model.to(device=device, dtype=dtype)
 
 
+def load_pretrained(preset: str | dict[str, Any], variant: str, *, flux: str | Path, siglip: str | Path | None,
+                    prompt_embeds: str | Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> StyleExpert:
+    """A StyleExpert on pretrained parts, with fresh adapters: the starting point of stages 1–2 of the full preset.
+
+    Args:
+        flux: a diffusers folder of FLUX.1-Kontext-dev (``transformer/`` and, when the preset has a VAE,
+            ``vae/``), i.e. ``huggingface-cli download black-forest-labs/FLUX.1-Kontext-dev``.
+        siglip: a transformers folder of the style backbone (``google/siglip-so400m-patch14-384``); not
+            needed for the ``lora`` variant, which has no router.
+        prompt_embeds: safetensors with ``prompt_embeds`` ``(T, joint_attention_dim)`` and
+            ``pooled_prompt_embeds`` ``(pooled_projection_dim,)``: the fixed instruction encoded once by the
+            Kontext pipeline's T5/CLIP (``FluxKontextPipeline.encode_prompt``).
+    """
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import SiglipVisionModel
+
+    from styleexpert.presets import get_preset
+
+    cfg = get_preset(preset) if isinstance(preset, str) else preset
+    flux = Path(flux)
+
+    def need(path: Path, what: str, hub: str) -> Path:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing {what}; download {hub} and pass its local folder")
+        return path
+
+    tdir = flux / "transformer" if (flux / "transformer").is_dir() else flux
+    parts: dict[str, Any] = {"transformer": FluxTransformer2DModel.from_pretrained(
+        need(tdir, "the Flux.1-Kontext transformer", "black-forest-labs/FLUX.1-Kontext-dev"), torch_dtype=dtype)}
+    got = dict(parts["transformer"].config)
+    diff = {k: (v, got.get(k)) for k, v in cfg["transformer"].items() if k != "out_channels" and got.get(k) != v}
+    if diff:
+        raise ValueError(f"{tdir}: transformer config differs from preset {cfg['name']!r} (preset, file): {diff}")
+    if cfg["latent"]["vae"]:
+        parts["vae"] = AutoencoderKL.from_pretrained(need(flux / "vae", "the Flux VAE",
+                                                          "black-forest-labs/FLUX.1-Kontext-dev"), torch_dtype=dtype)
+    if variant != "lora":
+        if siglip is None:
+            raise ValueError(f"variant {variant!r} needs the style backbone (siglip=...)")
+        parts["backbone"] = SiglipVisionModel.from_pretrained(
+            need(Path(siglip), "the SigLIP vision backbone", "google/siglip-so400m-patch14-384"), torch_dtype=dtype)
+    prompt = load_file(str(need(Path(prompt_embeds), "the instruction embedding",
+                                "(compute it with FluxKontextPipeline.encode_prompt)")))
+    if {"prompt_embeds", "pooled_prompt_embeds"} - set(prompt):
+        raise ValueError(f"{prompt_embeds}: needs tensors 'prompt_embeds' and 'pooled_prompt_embeds', has {sorted(prompt)}")
+    cfg = dict(cfg, prompt=dict(cfg["prompt"], tokens=int(prompt["prompt_embeds"].shape[0])))
+    parts |= {k: prompt[k].to(dtype) for k in ("prompt_embeds", "pooled_prompt_embeds")}
+    return build(cfg, variant, seed=seed, dtype=dtype, components=parts)
+
+
+def load_projector(path: str | Path) -> dict[str, torch.Tensor]:
+    """The style projector's state dict from a checkpoint folder (without building its model)."""
+    enc = load_file(str(Path(path) / "encoder.safetensors"))
+    return {k.removeprefix("projector."): v for k, v in enc.items() if k.startswith("projector.")}
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
     if not files:

@@ -159,11 +159,15 @@ def _backbone(cfg: dict[str, Any]) -> SiglipVisionModel:
 
 def build(preset: str | dict[str, Any] = "tiny", variant: str = "moe", *, overrides: dict[str, Any] | None = None,
           released_compat: bool = False, seed: int = 0, device: str | torch.device = "cpu",
-          dtype: torch.dtype = torch.float32) -> StyleExpert:
+          dtype: torch.dtype = torch.float32, components: dict[str, Any] | None = None) -> StyleExpert:
     """A randomly initialised StyleExpert (deterministic in ``seed``); load weights into it afterwards.
 
     ``device="meta"`` allocates nothing (for counting parameters and FLOPs of the full preset).
+    ``components`` supplies pretrained parts instead of random ones (``transformer``, ``vae``, ``backbone``,
+    ``prompt_embeds``, ``pooled_prompt_embeds``; see ``styleexpert.io.load_pretrained``): adapters and the
+    projector are still created here, so a pretrained model gets exactly the same adapters as a random one.
     """
+    parts = components or {}
     cfg = get_preset(preset, overrides) if isinstance(preset, str) else preset
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -171,16 +175,16 @@ def build(preset: str | dict[str, Any] = "tiny", variant: str = "moe", *, overri
     with torch.random.fork_rng(devices=[]), torch.device(device):
         if device.type != "meta":
             torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(**cfg["transformer"])
+        transformer = parts["transformer"] if "transformer" in parts else FluxTransformer2DModel(**cfg["transformer"])
         enc = cfg["encoder"]
-        backbone = _backbone(enc["backbone"])
+        backbone = parts["backbone"] if "backbone" in parts else _backbone(enc["backbone"])
         bb = enc["backbone"]
         tokens = (bb["image_size"] // bb["patch_size"]) ** 2
         projector = StyleProjector(len(enc["layer_indices"]), tokens, bb["hidden_size"], enc["style_tokens"],
                                    enc["hidden_size"])
         style_encoder = StyleEncoder(backbone, projector, enc["layer_indices"], bb["image_size"])
-        vae = None
-        if cfg["latent"]["vae"]:
+        vae = parts.get("vae")
+        if vae is None and cfg["latent"]["vae"]:
             vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=cfg["latent"]["latent_channels"],
                                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                                 block_out_channels=(128, 256, 512, 512), layers_per_block=2,
@@ -190,6 +194,8 @@ def build(preset: str | dict[str, Any] = "tiny", variant: str = "moe", *, overri
         prompt = torch.randn(cfg["prompt"]["tokens"], tc["joint_attention_dim"]) if device.type != "meta" else \
             torch.empty(cfg["prompt"]["tokens"], tc["joint_attention_dim"])
         pooled = torch.randn(tc["pooled_projection_dim"]) if device.type != "meta" else torch.empty(tc["pooled_projection_dim"])
+        prompt = parts.get("prompt_embeds", prompt)
+        pooled = parts.get("pooled_prompt_embeds", pooled)
         if variant == "lora":
             inject.inject_lora(transformer, rank=cfg["lora"]["rank"])
         else:

@@ -148,6 +148,13 @@ def add_train_command(subparsers: Any) -> None:
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     t.add_argument("--gradient-checkpointing", action="store_true")
     t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--flux", default=None, metavar="DIR",
+                   help="stages 1-2 on a pretrained base (full preset): local diffusers folder of "
+                        "black-forest-labs/FLUX.1-Kontext-dev (instead of OUT/base from stage 0)")
+    t.add_argument("--siglip", default=None, metavar="DIR",
+                   help="with --flux: local folder of google/siglip-so400m-patch14-384 (the style backbone)")
+    t.add_argument("--prompt-embeds", default=None, metavar="FILE",
+                   help="with --flux: safetensors with prompt_embeds and pooled_prompt_embeds of the instruction")
     t.add_argument("--install", action="store_true",
                    help="copy the stage-2 results to styleexpert/checkpoints (the methods' default), base shared")
     t.add_argument("--no-progress", action="store_true")
@@ -162,8 +169,9 @@ def _cmd_train(args: Any) -> int:
 
     out = Path(args.out)
     data = Path(args.data) if args.data else out / "data"
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # accelerate launch / torchrun
     if not (data / "manifest.csv").is_file():
-        if args.data:
+        if args.data or launched:
             raise FileNotFoundError(f"{data}: no manifest.csv; write one with `sxbench data synth --out {data} --n N`")
         from sxbench.protocols.synth import write_triplets
 
@@ -175,7 +183,8 @@ def _cmd_train(args: Any) -> int:
                              device=args.device, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
                              checkpoint_every=args.checkpoint_every, resolution=args.resolution,
                              progress=not args.no_progress,
-                             timestep_sampling="uniform" if args.preset == "tiny" else "logit_normal")
+                             timestep_sampling="uniform" if args.preset == "tiny" else "logit_normal",
+                             flux=_path(args.flux), siglip=_path(args.siglip), prompt_embeds=_path(args.prompt_embeds))
 
     def cfg(stage: int) -> "train.TrainConfig":
         steps = args.steps if args.steps is not None and args.stage != "all" else (args.steps0, args.steps1, args.steps2)[stage]
@@ -183,8 +192,10 @@ def _cmd_train(args: Any) -> int:
         return dataclasses.replace(base, steps=steps, lr=lr)
 
     t0 = time.perf_counter()
-    if full and args.stage in ("0", "all"):
-        raise ValueError("stage 0 is for the tiny preset; the full preset's base is Flux.1-Kontext-dev")
+    if (full or args.flux) and args.stage in ("0", "all"):
+        raise ValueError("stage 0 is for the tiny preset; with a pretrained base (--flux) run stages 1 and 2")
+    if full and not args.flux:
+        raise ValueError("the full preset trains on FLUX.1-Kontext-dev: pass --flux DIR --siglip DIR --prompt-embeds FILE")
     base_ckpt = out / "base"
     if args.stage in ("0", "all"):
         base_ckpt = train.stage0(cfg(0))
@@ -193,12 +204,16 @@ def _cmd_train(args: Any) -> int:
     variants = tuple(STAGE2_METHODS) if args.stage == "all" else ((args.variant,) if args.stage == "2" else ())
     for v in variants:
         train.stage2(cfg(2), v, base_ckpt, out / "encoder")
-    if args.install:
+    if args.install and int(os.environ.get("RANK", "0")) == 0:
         installed = install_checkpoints(out, variants or tuple(STAGE2_METHODS))
         for p in installed:
             print(f"installed {p}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGED) -> list[Path]:

@@ -21,8 +21,10 @@ Stages:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,11 +33,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from styleexpert import inject
 from styleexpert.encoder import PositivePairSampler, multi_positive_infonce
-from styleexpert.io import base_state_dict, load_base_weights, load_checkpoint, save_checkpoint
+from styleexpert.io import (base_state_dict, load_base_weights, load_checkpoint, load_pretrained, load_projector,
+                          save_checkpoint)
 from styleexpert.pipeline import StyleExpert, build, flow_matching_loss
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,58 @@ class TrainConfig:
     timestep_sampling: str = "uniform"
     """``uniform`` σ ~ U(0, 1) (the tiny model samples in few steps and needs every σ), or
     ``logit_normal`` (SD3/Flux practice, for the full preset)."""
+    flux: Path | None = None
+    """Pretrained base instead of ``out/base`` (full preset): a diffusers FLUX.1-Kontext-dev folder."""
+    siglip: Path | None = None
+    """With ``flux``: the transformers folder of the style backbone."""
+    prompt_embeds: Path | None = None
+    """With ``flux``: safetensors of the encoded instruction (see ``styleexpert.io.load_pretrained``)."""
+    rank: int = 0
+    """This process's index under ``accelerate launch``/``torchrun`` (set by ``distributed``)."""
+    world: int = 1
+    """Number of processes; each draws its own ``batch_size`` samples and gradients are averaged."""
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` for this process. Under ``accelerate launch`` or ``torchrun`` (``WORLD_SIZE`` > 1) this joins
+    the process group through accelerate (NCCL on GPUs, gloo on CPUs) and places the process on its device;
+    otherwise it returns ``cfg`` unchanged."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return cfg
+    from accelerate import PartialState
+
+    state = PartialState(cpu=torch.device(cfg.device).type == "cpu")
+    return dataclasses.replace(cfg, device=str(state.device), rank=state.process_index, world=state.num_processes)
+
+
+def _barrier(cfg: TrainConfig) -> None:
+    if cfg.world > 1:
+        torch.distributed.barrier()
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int, bucket: int = 1 << 25) -> None:
+    """All-reduce gradients in flat buckets of ``bucket`` elements (missing gradients count as zeros)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    i = 0
+    while i < len(params):
+        group, n = [], 0
+        while i < len(params) and (not group or n + params[i].numel() <= bucket):
+            group.append(params[i].grad)
+            n += params[i].numel()
+            i += 1
+        flat = torch.cat([g.reshape(-1) for g in group])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in group:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -130,20 +186,22 @@ def _save_state(path: Path, step: int, params: dict[str, torch.Tensor], opt: tor
     for i, st in opt.state_dict()["state"].items():
         for key, val in st.items():
             tensors[f"opt.{names[i]}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
-    tmp = path.with_suffix(".safetensors.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path.with_suffix(".safetensors"))
     meta = {"step": step, "history": history, "param_groups": opt.state_dict()["param_groups"]}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta))
-    tmp.replace(path.with_suffix(".json"))
+    tmp = path.with_suffix(".safetensors.tmp")
+    # step, loss log and tensors in one file replaced atomically: a kill can never pair them wrongly
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+    tmp.replace(path.with_suffix(".safetensors"))
 
 
 def _load_state(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> tuple[int, list]:
-    if not path.with_suffix(".json").is_file():
+    file = path.with_suffix(".safetensors")
+    if not file.is_file():
         return 0, []
-    meta = json.loads(path.with_suffix(".json").read_text())
-    tensors = load_file(str(path.with_suffix(".safetensors")))
+    with safe_open(str(file), "pt") as f:
+        header = f.metadata() or {}
+    legacy = path.with_suffix(".json")  # states written before the loss log moved into the file
+    meta = json.loads(header["state"] if "state" in header else legacy.read_text())
+    tensors = load_file(str(file))
     names = list(params)
     with torch.no_grad():
         for k, p in params.items():
@@ -163,23 +221,30 @@ def _loop(cfg: TrainConfig, name: str, params: dict[str, torch.nn.Parameter],
     from tqdm.auto import tqdm
 
     folder = cfg.out / name
-    folder.mkdir(parents=True, exist_ok=True)
+    if cfg.main:
+        folder.mkdir(parents=True, exist_ok=True)
+    _barrier(cfg)
     opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
     state = folder / "state"
     step, history = _load_state(state, params, opt)
     if step:
         log.info("%s: resuming from step %d", name, step)
     warmup = max(1, min(100, cfg.steps // 10))
-    bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not cfg.progress)
+    bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not cfg.progress or not cfg.main)
     t0 = time.perf_counter()
     while step < cfg.steps:
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup)
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (cfg.rank << 40))
         with torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
             loss = loss_fn(step, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        loss = loss.detach()
+        if cfg.world > 1:
+            _average_gradients(list(params.values()), cfg.world)
+            torch.distributed.all_reduce(loss)
+            loss /= cfg.world
         torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
         opt.step()
         step += 1
@@ -187,16 +252,19 @@ def _loop(cfg: TrainConfig, name: str, params: dict[str, torch.nn.Parameter],
                         "seconds": time.perf_counter() - t0})
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and cfg.main:
             _save_state(state, step, params, opt, history)
     bar.close()
-    (folder / "train_log.json").write_text(json.dumps({"stage": name, "config": {k: str(v) for k, v in asdict(cfg).items()},
-                                                      "history": history}, indent=1))
+    if cfg.main:
+        (folder / "train_log.json").write_text(json.dumps(
+            {"stage": name, "config": {k: str(v) for k, v in asdict(cfg).items()}, "history": history}, indent=1))
+    _barrier(cfg)
     return history
 
 
 def _batch(data: TripletData, step: int, cfg: TrainConfig) -> np.ndarray:
-    return np.random.default_rng((cfg.seed, step)).choice(len(data), size=cfg.batch_size, replace=len(data) < cfg.batch_size)
+    key = (cfg.seed, step) if cfg.world == 1 else (cfg.seed, step, cfg.rank)
+    return np.random.default_rng(key).choice(len(data), size=cfg.batch_size, replace=len(data) < cfg.batch_size)
 
 
 def _sigma(cfg: TrainConfig, g: torch.Generator) -> torch.Tensor | None:
@@ -211,6 +279,42 @@ def _resolution(cfg: TrainConfig, model_cfg: dict[str, Any]) -> int:
     return cfg.resolution or model_cfg["sampling"]["resolution"]
 
 
+def _start(cfg: TrainConfig, variant: str, base: Path) -> StyleExpert:
+    """The model a stage starts from: fresh ``variant`` adapters on the base (``cfg.flux``'s pretrained parts,
+    or the stage-0 checkpoint ``base``), with the base's backbone and instruction embedding."""
+    if cfg.flux is not None:
+        if cfg.prompt_embeds is None:
+            raise ValueError("--flux needs --prompt-embeds (the encoded instruction)")
+        dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+        return load_pretrained(_preset(cfg), variant, flux=cfg.flux, siglip=cfg.siglip, prompt_embeds=cfg.prompt_embeds,
+                               dtype=dtype, seed=cfg.seed + 1).to(cfg.device)
+    if not (base / "config.json").is_file():
+        raise FileNotFoundError(f"{base}: no base checkpoint; run `sxbench train 0 --out {cfg.out}` first, "
+                                "or give pretrained weights with --flux/--siglip/--prompt-embeds")
+    base_model = load_checkpoint(base)
+    model = build(base_model.config, variant, seed=cfg.seed + 1)
+    load_base_weights(model, base_state_dict(base_model))
+    with torch.no_grad():
+        model.prompt_embeds.copy_(base_model.prompt_embeds)
+        model.pooled_prompt_embeds.copy_(base_model.pooled_prompt_embeds)
+        if model.style_encoder is not None:
+            model.style_encoder.backbone.load_state_dict(base_model.style_encoder.backbone.state_dict())
+    return model.to(cfg.device)
+
+
+def _preset(cfg: TrainConfig) -> dict[str, Any]:
+    from styleexpert.presets import get_preset
+
+    return get_preset(cfg.preset, cfg.overrides)
+
+
+def _finish(cfg: TrainConfig, model: StyleExpert, done: Path, metadata: dict[str, Any]) -> Path:
+    if cfg.main:
+        save_checkpoint(model, done, metadata=metadata | {"world_size": cfg.world})
+    _barrier(cfg)
+    return done
+
+
 # ------------------------------------------------------------------------------------------ stages
 def stage0(cfg: TrainConfig) -> Path:
     """Pretrain the tiny base transformer; writes ``out/base`` (a checkpoint with base weights)."""
@@ -218,6 +322,7 @@ def stage0(cfg: TrainConfig) -> Path:
     if (done / "config.json").is_file():
         log.info("stage 0 already done: %s", done)
         return done
+    cfg = distributed(cfg)
     model = build(cfg.preset, "moe", overrides=cfg.overrides, seed=cfg.seed).to(cfg.device)
     if cfg.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
@@ -247,8 +352,7 @@ def stage0(cfg: TrainConfig) -> Path:
     _loop(cfg, "stage0", params, loss_fn, cfg.lr)
     for p in params.values():
         p.requires_grad_(False)
-    save_checkpoint(model, done, include_base=True, metadata={"stage": 0})
-    return done
+    return _finish(cfg, model, done, {"stage": 0})
 
 
 def stage1(cfg: TrainConfig, base: Path) -> Path:
@@ -257,7 +361,9 @@ def stage1(cfg: TrainConfig, base: Path) -> Path:
     if (done / "config.json").is_file():
         log.info("stage 1 already done: %s", done)
         return done
-    model = load_checkpoint(base, device=cfg.device)
+    cfg = distributed(cfg)
+    # tiny: the stage-0 checkpoint itself (its backbone, and its projector as the starting point)
+    model = _start(cfg, "moe", base) if cfg.flux is not None else load_checkpoint(base, device=cfg.device)
     enc = model.style_encoder
     data = TripletData(cfg.data, _resolution(cfg, model.config), split="seen")
     # both the references and the targets show their family's style; cache the frozen backbone once
@@ -274,7 +380,7 @@ def stage1(cfg: TrainConfig, base: Path) -> Path:
         p.requires_grad_(True)
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        sampler.rng = np.random.default_rng((cfg.seed, step))
+        sampler.rng = np.random.default_rng((cfg.seed, step) if cfg.world == 1 else (cfg.seed, step, cfg.rank))
         a, b = sampler.sample()
         e = enc.embed([h[a] for h in hidden])
         e2 = enc.embed([h[b] for h in hidden])
@@ -282,8 +388,7 @@ def stage1(cfg: TrainConfig, base: Path) -> Path:
 
     _loop(cfg, "stage1", params, loss_fn, cfg.lr)
     enc.projector.requires_grad_(False)
-    save_checkpoint(model, done, include_base=True, metadata={"stage": 1, "families": data.families})
-    return done
+    return _finish(cfg, model, done, {"stage": 1, "families": data.families})
 
 
 def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> Path:
@@ -296,18 +401,12 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
     if (done / "config.json").is_file():
         log.info("stage 2 (%s) already done: %s", variant, done)
         return done
-    base_model = load_checkpoint(base, device=cfg.device)
-    model = build(base_model.config, variant, seed=cfg.seed + 1).to(cfg.device)
-    load_base_weights(model, base_state_dict(base_model))
-    with torch.no_grad():
-        model.prompt_embeds.copy_(base_model.prompt_embeds)
-        model.pooled_prompt_embeds.copy_(base_model.pooled_prompt_embeds)
-        if model.style_encoder is not None:
-            model.style_encoder.backbone.load_state_dict(base_model.style_encoder.backbone.state_dict())
-            if variant == "moe":
-                if encoder is None:
-                    raise ValueError("stage 2 moe needs the stage-1 encoder")
-                model.style_encoder.projector.load_state_dict(load_checkpoint(encoder).style_encoder.projector.state_dict())
+    cfg = distributed(cfg)
+    model = _start(cfg, variant, base)
+    if variant == "moe":
+        if encoder is None or not (encoder / "encoder.safetensors").is_file():
+            raise FileNotFoundError(f"{encoder}: stage 2 moe needs the stage-1 encoder; run `sxbench train 1` first")
+        model.style_encoder.projector.load_state_dict(load_projector(encoder))
     if cfg.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
     data = TripletData(cfg.data, _resolution(cfg, model.config), split="seen")
@@ -320,5 +419,4 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
                                   data.floats(data.target[idx]).to(dev), g, sigma=_sigma(cfg, g))
 
     _loop(cfg, f"stage2-{variant}", params, loss_fn, cfg.lr)
-    save_checkpoint(model, done, include_base=True, metadata={"stage": 2})
-    return done
+    return _finish(cfg, model, done, {"stage": 2})
