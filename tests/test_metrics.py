@@ -109,7 +109,7 @@ def test_metric_classes_torchmetrics_shell():
         m.score(x)
 
 
-@pytest.mark.parametrize("name", registry.metrics.names())
+@pytest.mark.parametrize("name", [n for n in registry.metrics.names() if not registry.metrics.get(n).info.backbone])
 def test_every_metric_scores_a_batch_within_range(name):
     m = registry.create_metric(name)
     x = torch.cat([_img(1), _img(2)])

@@ -15,7 +15,7 @@ def readme_commands():
 def test_readme_has_exactly_two_setup_commands():
     cmds = readme_commands()
     assert len(cmds) == 2 and all("\n" not in c for c in cmds)
-    assert cmds[0].endswith("sxbench run") and "pytest" in cmds[1]
+    assert "sxbench weights fetch default && " in cmds[0] and "sxbench run" in cmds[0] and "pytest" in cmds[1]
 
 
 def test_ci_runs_the_readme_test_command_verbatim():

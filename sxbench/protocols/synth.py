@@ -46,6 +46,15 @@ SYNTH_METRICS = (
     "target_ssim",
     "target_detail",
     "target_color_swd",
+    # pretrained backbones (`sxbench weights fetch default`); listed as "not run" where the weights are missing
+    "dino_content",
+    "dino_structure",
+    "vgg_content_loss",
+    "vgg_gram_style",
+    "stlpips_content",
+    "fid",
+    "kid",
+    "artfid",
 )
 # Seed namespaces keep contents, reference scenes and style patterns independent.
 _CONTENT_NS, _REFERENCE_NS, _STYLE_NS = 1_000_003, 2_000_003, 3_000_017
@@ -208,6 +217,25 @@ def synth(resolution: int = 128, seeds: tuple[int, ...] = (0,), seed: int = 0) -
         resolution=resolution,
         n_contents=40,
         contents_per_style=4,
+        seen_per_family=2,
+        unseen_per_family=1,
+        held_out_per_family=2,
+        seeds=seeds,
+        seed=seed,
+    )
+
+
+def synth_lite(resolution: int = 128, seeds: tuple[int, ...] = (0,), seed: int = 0) -> SynthProtocol:
+    """``synth``'s 56 styles (both splits, all four levels, every family) with one content each: 56 pairs.
+
+    README command 1 runs it: with the pretrained metrics, full ``synth`` takes longer than a first run
+    should on 2 CPU cores.
+    """
+    return SynthProtocol(
+        "synth-lite",
+        resolution=resolution,
+        n_contents=40,
+        contents_per_style=1,
         seen_per_family=2,
         unseen_per_family=1,
         held_out_per_family=2,

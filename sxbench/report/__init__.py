@@ -229,6 +229,7 @@ def render(run_dir: str | Path) -> Path:
         metric_infos = store.metrics()
         method_infos = store.methods()
         routing = store.routing()
+        set_values = store.set_values()
 
     last = runs.iloc[-1] if len(runs) else None
     config = json.loads(last.config) if last is not None else {}
@@ -285,12 +286,13 @@ def render(run_dir: str | Path) -> Path:
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
+    set_table = _set_table(set_values)
     html = env.get_template("index.html.j2").render(
         protocol=config.get("protocol", "?"), config=config, prov=prov, runs=runs.to_dict("records"),
         groups=groups, methods=methods, board=board, by_split=by_split, by_level=by_level, splits=splits,
         levels=levels, n_samples=len(samples), n_ok=len(ok), errors=errors.head(50).to_dict("records"),
         n_errors=len(errors), cost=cost, grid=grid, figures=figures, metric_rows=metric_rows,
-        method_infos=infos, expert_rows=expert_rows,
+        method_infos=infos, expert_rows=expert_rows, set_table=set_table,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), json=json,
     )
@@ -302,6 +304,25 @@ def render(run_dir: str | Path) -> Path:
     return out
 
 
+def _set_table(sv: pd.DataFrame) -> dict[str, Any] | None:
+    """Set metric values as ``{"columns": [{metric, subset, hib}], "rows": {method: [{value, n, best}]}}``."""
+    if not len(sv):
+        return None
+    cols = sorted({(r.metric, r.subset, bool(r.higher_is_better)) for r in sv.itertuples()},
+                  key=lambda c: (c[0], c[1] != "all", c[1]))
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in sorted(sv.method.unique())}
+    for metric, subset, hib in cols:
+        d = sv[(sv.metric == metric) & (sv.subset == subset)]
+        vals = d.value.dropna()
+        best = (vals.max() if hib else vals.min()) if len(vals) else None
+        for method in rows:
+            hit = d[d.method == method]
+            v = hit.value.iloc[0] if len(hit) and pd.notna(hit.value.iloc[0]) else None
+            rows[method].append({"value": v, "n": int(hit.n.iloc[0]) if len(hit) else 0,
+                                 "best": v is not None and v == best})
+    return {"columns": [{"metric": m, "subset": s, "hib": h} for m, s, h in cols], "rows": rows}
+
+
 def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = None) -> Path:
     """Write the long-format results table (one value per row) as CSV or Parquet."""
     run_dir = Path(run_dir)
@@ -310,7 +331,15 @@ def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = No
     if not (run_dir / DB_NAME).is_file():
         raise FileNotFoundError(f"{run_dir}: no {DB_NAME} here; run `sxbench run --out {run_dir}` first")
     with Store(run_dir) as store:
-        df = store.values()
+        df = store.values().assign(scope="sample")
+        sv = store.set_values()
+    if len(sv):  # set metrics: one row per (method, subset), sample columns empty
+        sets = sv.rename(columns={"subset": "split"}).assign(
+            scope="set", split=lambda d: d.split.str.removeprefix("split="),
+            metric_version=sv.version, higher_is_better=sv.higher_is_better.astype(bool))
+        df = pd.concat([df, sets[[c for c in ("method", "method_config", "split", "metric", "value", "higher_is_better",
+                                              "metric_group", "metric_version", "backbone", "scope", "n")
+                                  if c in sets.columns]]], ignore_index=True)
     out = Path(output) if output else run_dir / f"results.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)

