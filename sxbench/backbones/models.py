@@ -205,6 +205,21 @@ def _build(name: str, path: Path) -> FeatureExtractor:
         model = STLPIPS(net)
         model.load_state_dict(load_file(str(path)), strict=True)
         return STLPIPSExtractor(net, model)
+    if name == "clip-vit-l-14":
+        from sxbench.backbones.clip import CLIPImage
+
+        return CLIPImage.from_folder(path.parent, name)
+    if name == "csd-vit-l":
+        from sxbench.backbones.clip import CSD
+
+        return CSD(load_file(str(path)))
+    if name == "aesthetic-laion":
+        from sxbench.backbones.clip import Aesthetic, AestheticMLP, CLIPImage
+
+        clip_path = weights.require("clip-vit-l-14", path.parent.parent)
+        head = AestheticMLP(load_file(str(path))["layers.0.weight"].shape[1])
+        head.load_state_dict(load_file(str(path)), strict=True)
+        return Aesthetic(CLIPImage.from_folder(clip_path.parent, "clip-vit-l-14"), head)
     raise KeyError(f"no extractor for backbone {name!r}")
 
 

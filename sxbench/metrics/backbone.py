@@ -128,3 +128,50 @@ class STLPIPSContentVGG(STLPIPSContent):
         "stlpips_content_vgg", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="stlpips-vgg",
         description="Shift-tolerant LPIPS (VGG-16, vST0.0) between output and content at the protocol resolution.",
     )
+
+
+class CLIPContent(BackboneMetric):
+    backbone_name = "clip-vit-l-14"
+    info = MetricInfo(
+        "clip_content", True, (-100.0, 100.0), "fidelity", frozenset({"content"}), backbone="clip-vit-l-14",
+        description="CLIP ViT-L/14 image-embedding cosine × 100, output vs content (the paper's CLIP score).",
+    )
+    which: ClassVar[str] = "content"
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref_img = content if self.which == "content" else style
+        ref = self.feats(_need(ref_img, self.which, self.info.name), self.key(keys, self.which))["embed"]
+        out = self.feats(output, self.key(keys, "output"))["embed"]
+        return 100.0 * (out * ref).sum(-1)
+
+
+class CLIPStyle(CLIPContent):
+    info = MetricInfo(
+        "clip_style", True, (-100.0, 100.0), "style", frozenset({"style"}), backbone="clip-vit-l-14",
+        description="CLIP ViT-L/14 image-embedding cosine × 100, output vs style reference.",
+    )
+    which = "style"
+
+
+class CSDStyle(BackboneMetric):
+    backbone_name = "csd-vit-l"
+    info = MetricInfo(
+        "csd_style", True, (-100.0, 100.0), "style", frozenset({"style"}), backbone="csd-vit-l",
+        description="CSD style-descriptor cosine × 100, output vs style reference (the paper's CSD score).",
+    )
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = self.feats(_need(style, "style", self.info.name), self.key(keys, "style"))["style"]
+        out = self.feats(output, self.key(keys, "output"))["style"]
+        return 100.0 * (out * ref).sum(-1)
+
+
+class AestheticScore(BackboneMetric):
+    backbone_name = "aesthetic-laion"
+    info = MetricInfo(
+        "aesthetic", True, (-INF, INF), "quality", frozenset(), backbone="aesthetic-laion",
+        description="LAION improved aesthetic predictor on CLIP ViT-L/14 (about 1–10; the paper's Aesthetic).",
+    )
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        return self.feats(output, self.key(keys, "output"))["score"]

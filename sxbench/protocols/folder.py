@@ -138,3 +138,49 @@ class FolderProtocol(Protocol):
 def folder(root: str | Path, resolution: int = 256, seeds: tuple[int, ...] = (0,), resize_policy: str = "crop") -> FolderProtocol:
     """Your own images; see the module docstring for the layouts."""
     return FolderProtocol(root, resolution=resolution, seeds=seeds, resize_policy=resize_policy)
+
+
+PAPER_METRICS = ("clip_content", "dino_content", "csd_style", "dreamsim_style", "aesthetic", "vlm_semantic")
+
+
+class PaperProtocol(FolderProtocol):
+    """The StyleExpert paper's evaluation on your images: every style in ``style/`` (the held-out styles) with
+    ``pairs_per_style`` contents drawn from ``content/`` (seeded, without replacement where possible), two seeds,
+    the paper's six metrics (PAPER.md §5: CLIP and DINO vs content, CSD and DreamSim vs style, LAION aesthetic,
+    the VLM semantic judge). Metrics whose backbone or implementation is missing are listed as not run."""
+
+    def __init__(self, root: str | Path, *, resolution: int = 1024, seeds: tuple[int, ...] = (0, 1),
+                 pairs_per_style: int = 50, seed: int = 0, resize_policy: str = "crop") -> None:
+        self.pairs_per_style, self.draw_seed = pairs_per_style, seed
+        super().__init__(root, resolution=resolution, seeds=seeds, resize_policy=resize_policy)
+        self.spec = ProtocolSpec(
+            name="paper", version="1", resolution=resolution,
+            pairs=tuple(PairSpec(p.pair_id, p.content_id, p.style_id, split="unseen", level=p.level,
+                                 family=p.family, has_target=p.has_target) for p in self.spec.pairs),
+            seeds=tuple(seeds), metrics=PAPER_METRICS, resize_policy=resize_policy,
+            description=f"The paper's protocol on {root}: each held-out style × {pairs_per_style} contents × "
+                        f"{len(seeds)} seeds.",
+            params=self.spec.params | {"pairs_per_style": pairs_per_style, "seed": seed},
+        )
+
+    def _grid(self, root: Path) -> list[dict[str, str]]:
+        import numpy as np
+
+        rows = FolderProtocol._grid(root)
+        contents = sorted({r["content"] for r in rows})
+        styles = sorted({r["style"] for r in rows})
+        rng = np.random.default_rng(self.draw_seed)
+        out = []
+        for s in styles:
+            n = self.pairs_per_style
+            picks = rng.choice(len(contents), size=n, replace=len(contents) < n)
+            out += [{"content": contents[i], "style": s, "pair_id": f"{Path(contents[i]).stem}__{Path(s).stem}__{j}"}
+                    for j, i in enumerate(picks)]
+        return out
+
+
+def paper(root: str | Path, resolution: int = 1024, seeds: tuple[int, ...] = (0, 1), pairs_per_style: int = 50,
+          seed: int = 0, resize_policy: str = "crop") -> PaperProtocol:
+    """The paper's evaluation protocol on your images (``content/``, ``style/`` = held-out styles)."""
+    return PaperProtocol(root, resolution=resolution, seeds=seeds, pairs_per_style=pairs_per_style, seed=seed,
+                         resize_policy=resize_policy)
