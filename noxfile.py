@@ -35,3 +35,38 @@ def e2e(session: nox.Session) -> None:
 def report(session: nox.Session) -> None:
     """Re-render a run folder's report: ``nox -s report -- reports/synth``."""
     session.run("sxbench", "report", *(session.posargs or ["reports/synth"]))
+
+
+BENCH_DIR = "reports/bench"
+
+
+def _bench(session: nox.Session, name: str, args: list[str]) -> None:
+    import os
+
+    os.makedirs(BENCH_DIR, exist_ok=True)
+    out = f"{BENCH_DIR}/{name}.json"
+    session.run("python", "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "--benchmark-only",
+                f"--benchmark-json={out}", "--benchmark-columns=median,min,max", "--benchmark-sort=name", *args)
+    session.run("python", "benchmarks/table.py", out, "-o", f"{BENCH_DIR}/{name}.md")
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """The CPU benchmark suite: JSON and a Markdown table in reports/bench/cpu.*."""
+    _bench(session, "cpu", ["-m", "not gpu", *session.posargs])
+
+
+@nox.session(python=False)
+def gpu_bench(session: nox.Session) -> None:
+    """The GPU benchmarks (full Kontext shapes) into reports/bench/gpu.*; without CUDA it says so, runs the
+    CPU-sized cases and succeeds, unless ``-- --require-gpu`` (for a GPU CI job) makes that an error."""
+    import subprocess
+    import sys
+
+    cuda = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                          capture_output=True, text=True).stdout.strip() == "True"
+    if not cuda:
+        if "--require-gpu" in session.posargs:
+            session.error("--require-gpu: no CUDA device is visible to torch")
+        session.log("no CUDA device: running the CPU-sized cases only (the GPU cases are skipped)")
+    _bench(session, "gpu" if cuda else "gpu-fallback-cpu", ["-m", "not slow", *session.posargs])

@@ -112,7 +112,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sxbench.report import render
 
-    print(f"report: {render(args.dir)}")
+    print(f"report: {render(args.dir, bench=args.bench)}")
     return 0
 
 
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="re-render DIR/index.html from the store")
     rep.add_argument("dir")
+    rep.add_argument("--bench", action="append", default=[], metavar="FILE",
+                     help="pytest-benchmark JSON to add as a latency section (also read from DIR/bench/*.json)")
     rep.set_defaults(fn=cmd_report)
 
     ex = sub.add_parser("export", help="write results in long format")

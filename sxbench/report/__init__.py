@@ -215,8 +215,12 @@ def _training_curves(method_infos: list[dict[str, Any]], fig_dir: Path) -> list[
     return [{"file": "figures/training_loss.png", "caption": "Training losses read from the methods' checkpoint folders."}]
 
 
-def render(run_dir: str | Path) -> Path:
-    """Write ``run_dir/index.html`` (and ``figures/``) from the store in ``run_dir``."""
+def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
+    """Write ``run_dir/index.html`` (and ``figures/``) from the store in ``run_dir``.
+
+    Benchmark JSON (pytest-benchmark, from ``benchmarks/``) found in ``run_dir/bench/`` or given in ``bench``
+    adds a latency section.
+    """
     import jinja2
 
     run_dir = Path(run_dir)
@@ -287,12 +291,20 @@ def render(run_dir: str | Path) -> Path:
         undefined=jinja2.StrictUndefined,
     )
     set_table = _set_table(set_values)
+    from sxbench.report import bench as bench_lib
+
+    bench_files = sorted((run_dir / "bench").glob("*.json")) + [Path(b) for b in bench]
+    bench_rows = bench_lib.load(bench_files) if bench_files else []
+    if bench_rows:
+        fig = bench_lib.plot(bench_rows, run_dir / "figures" / "latency.png")
+        if fig:
+            figures.append({"file": "figures/latency.png", "caption": "Transformer step latency vs resolution (benchmarks)"})
     html = env.get_template("index.html.j2").render(
         protocol=config.get("protocol", "?"), config=config, prov=prov, runs=runs.to_dict("records"),
         groups=groups, methods=methods, board=board, by_split=by_split, by_level=by_level, splits=splits,
         levels=levels, n_samples=len(samples), n_ok=len(ok), errors=errors.head(50).to_dict("records"),
         n_errors=len(errors), cost=cost, grid=grid, figures=figures, metric_rows=metric_rows,
-        method_infos=infos, expert_rows=expert_rows, set_table=set_table,
+        method_infos=infos, expert_rows=expert_rows, set_table=set_table, bench_rows=bench_rows,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), json=json,
     )
