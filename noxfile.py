@@ -1,6 +1,9 @@
 """Developer sessions. They run in the current environment (``python=False``): the torch install is
 5.5 GB, and a per-session virtualenv would copy it each time. Install first with
-``pip install -e '.[test]'``."""
+``pip install -e '.[test]'`` and call the environment's nox (``.venv/bin/nox``): commands run with the
+interpreter that runs nox."""
+
+import sys
 
 import nox
 
@@ -10,13 +13,13 @@ nox.options.sessions = ["tests"]
 @nox.session(python=False)
 def tests(session: nox.Session) -> None:
     """The default test suite (slow and GPU tests off)."""
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run(sys.executable, "-m", "pytest", *session.posargs)
 
 
 @nox.session(python=False)
 def slow(session: nox.Session) -> None:
     """Everything except GPU tests."""
-    session.run("python", "-m", "pytest", "-m", "not gpu", *session.posargs)
+    session.run(sys.executable, "-m", "pytest", "-m", "not gpu", *session.posargs)
 
 
 @nox.session(python=False)
@@ -28,13 +31,13 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=False)
 def e2e(session: nox.Session) -> None:
     """The README's main job on the default protocol."""
-    session.run("sxbench", "run", *session.posargs)
+    session.run(sys.executable, "-m", "sxbench", "run", *session.posargs)
 
 
 @nox.session(python=False)
 def report(session: nox.Session) -> None:
     """Re-render a run folder's report: ``nox -s report -- reports/synth``."""
-    session.run("sxbench", "report", *(session.posargs or ["reports/synth"]))
+    session.run(sys.executable, "-m", "sxbench", "report", *(session.posargs or ["reports/synth"]))
 
 
 BENCH_DIR = "reports/bench"
@@ -45,9 +48,10 @@ def _bench(session: nox.Session, name: str, args: list[str]) -> None:
 
     os.makedirs(BENCH_DIR, exist_ok=True)
     out = f"{BENCH_DIR}/{name}.json"
-    session.run("python", "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "--benchmark-only",
+    session.run(sys.executable, "-m", "pytest", "benchmarks", "-o", "python_files=bench_*.py", "-p", "no:cacheprovider",
+                "--benchmark-only",
                 f"--benchmark-json={out}", "--benchmark-columns=median,min,max", "--benchmark-sort=name", *args)
-    session.run("python", "benchmarks/table.py", out, "-o", f"{BENCH_DIR}/{name}.md")
+    session.run(sys.executable, "benchmarks/table.py", out, "-o", f"{BENCH_DIR}/{name}.md")
 
 
 @nox.session(python=False)
@@ -61,7 +65,6 @@ def gpu_bench(session: nox.Session) -> None:
     """The GPU benchmarks (full Kontext shapes) into reports/bench/gpu.*; without CUDA it says so, runs the
     CPU-sized cases and succeeds, unless ``-- --require-gpu`` (for a GPU CI job) makes that an error."""
     import subprocess
-    import sys
 
     cuda = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
                           capture_output=True, text=True).stdout.strip() == "True"

@@ -27,6 +27,7 @@ def test_metric_throughput(benchmark, name):
         metric = registry.create_metric(name)
     except weights.WeightsMissingError as exc:
         pytest.skip(str(exc))
+    benchmark.group = "metric throughput (batch 8, 128², output + reference)"
     benchmark.extra_info.update({"batch": 8, "size": 128, "device": "cpu", "torch": torch.__version__,
                                  "backbone": metric.info.backbone})
     with torch.no_grad():  # no cache: output and reference features both computed, as for a first sample
@@ -40,6 +41,7 @@ def test_backbone_features(benchmark, name):
         ext = load_extractor(name)
     except weights.WeightsMissingError as exc:
         pytest.skip(str(exc))
+    benchmark.group = "backbone features (batch 8, 128² input)"
     benchmark.extra_info.update({"batch": 8, "input": 128, "resolution": ext.resolution, "device": "cpu"})
     with torch.no_grad():
         fn = (lambda: ext.distance(x, x)) if hasattr(ext, "distance") else (lambda: ext(x))
