@@ -109,13 +109,9 @@ class StyleExpertNoPrior(StyleExpertMethod):
 
 
 def _digest(path: Path) -> str:
-    import hashlib
+    from sxbench.weights import sha256
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256(path)
 
 
 __all__: list[Any] = ["StyleExpertLoRA", "StyleExpertMethod", "StyleExpertNoPrior", "find_checkpoint"]

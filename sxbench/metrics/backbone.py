@@ -45,6 +45,14 @@ class BackboneMetric(ImageMetric):
     def key(keys: dict[str, Sequence[str]] | None, which: str) -> Sequence[str] | None:
         return None if keys is None else keys.get(which)
 
+    def pair(self, output: torch.Tensor, reference: torch.Tensor | None, which: str,
+             keys: dict[str, Sequence[str]] | None, field: str | None = None) -> tuple[Any, Any]:
+        """Features of the outputs and of the ``which`` (content/style) references, both through the cache;
+        with ``field``, that one feature of each."""
+        ref = self.feats(_need(reference, which, self.info.name), self.key(keys, which))
+        out = self.feats(output, self.key(keys, "output"))
+        return (out, ref) if field is None else (out[field], ref[field])
+
 
 class DinoContent(BackboneMetric):
     backbone_name = "dinov2-s"
@@ -55,8 +63,7 @@ class DinoContent(BackboneMetric):
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
-        ref = self.feats(_need(content, "content", self.info.name), self.key(keys, "content"))["cls"]
-        out = self.feats(output, self.key(keys, "output"))["cls"]
+        out, ref = self.pair(output, content, "content", keys, field="cls")
         return 100.0 * F.cosine_similarity(out, ref, dim=-1)
 
 
@@ -74,8 +81,7 @@ class DinoStructure(BackboneMetric):
         return k @ k.transpose(1, 2)
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
-        ref = self._ssm(self.feats(_need(content, "content", self.info.name), self.key(keys, "content"))["keys"])
-        out = self._ssm(self.feats(output, self.key(keys, "output"))["keys"])
+        out, ref = (self._ssm(k) for k in self.pair(output, content, "content", keys, field="keys"))
         return torch.linalg.matrix_norm(out - ref) / out.shape[-1]
 
 
@@ -88,8 +94,7 @@ class VGGContentLoss(BackboneMetric):
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
-        ref = self.feats(_need(content, "content", self.info.name), self.key(keys, "content"))[CONTENT_LAYER]
-        out = self.feats(output, self.key(keys, "output"))[CONTENT_LAYER]
+        out, ref = self.pair(output, content, "content", keys, field=CONTENT_LAYER)
         return (out - ref).pow(2).flatten(1).mean(1) / 1000.0
 
 
@@ -102,8 +107,7 @@ class VGGGramStyle(BackboneMetric):
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
-        ref = self.feats(_need(style, "style", self.info.name), self.key(keys, "style"))
-        out = self.feats(output, self.key(keys, "output"))
+        out, ref = self.pair(output, style, "style", keys)
         total = sum((out[f"gram_{n}"] - ref[f"gram_{n}"]).pow(2).flatten(1).mean(1) for n in GRAM_LAYERS)
         return total / 1e5
 
@@ -140,8 +144,7 @@ class CLIPContent(BackboneMetric):
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
         ref_img = content if self.which == "content" else style
-        ref = self.feats(_need(ref_img, self.which, self.info.name), self.key(keys, self.which))["embed"]
-        out = self.feats(output, self.key(keys, "output"))["embed"]
+        out, ref = self.pair(output, ref_img, self.which, keys, field="embed")
         return 100.0 * (out * ref).sum(-1)
 
 
@@ -161,8 +164,7 @@ class CSDStyle(BackboneMetric):
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
-        ref = self.feats(_need(style, "style", self.info.name), self.key(keys, "style"))["style"]
-        out = self.feats(output, self.key(keys, "output"))["style"]
+        out, ref = self.pair(output, style, "style", keys, field="style")
         return 100.0 * (out * ref).sum(-1)
 
 
