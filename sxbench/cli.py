@@ -1,4 +1,4 @@
-"""``sxbench`` command line: run, list, report, export, data."""
+"""``sxbench`` command line: run, tasks, import, list, report, export, data."""
 
 from __future__ import annotations
 
@@ -69,9 +69,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         missing = [m for m in DEFAULT_METHODS if m not in methods]
         if missing:
             log.warning("default methods not installed, skipped: %s", ", ".join(missing))
-    for m in methods:
-        registry.methods.get(m)  # fail fast on a typo, with suggestions, before any work
     out = Path(args.out) if args.out else Path("reports") / (name if name != "folder" else Path(pargs["root"]).stem or "folder")
+    from sxbench.imported import imported_methods
+
+    for m in methods:
+        if m not in registry.methods and m in imported_methods(out):
+            raise ValueError(f"method {m!r} in {out} was imported (`sxbench import`), not made by sxbench: it cannot "
+                             "be run; import its outputs again to update them")
+        registry.methods.get(m)  # fail fast on a typo, with suggestions, before any work
     config = RunConfig(
         protocol=name, methods=methods, out=out, protocol_args=pargs, seeds=args.seeds, limit=args.limit,
         metrics=args.metrics, device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
@@ -88,6 +93,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"input error: {line}", file=sys.stderr)
     print(f"report: {summary.run_dir / 'index.html'}")
     return 1 if summary.failed_methods and len(summary.failed_methods) == len(methods) else 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from sxbench import registry
+    from sxbench.imported import write_tasks
+
+    name, pargs = _protocol_args(args.protocol)
+    if args.resolution:
+        pargs["resolution"] = args.resolution
+    protocol = registry.create_protocol(name, **({"seeds": args.seeds} if args.seeds else {}), **pargs)
+    for line in protocol.input_errors:
+        print(f"input error: {line}", file=sys.stderr)
+    path, tasks = write_tasks(protocol, args.out, args.seeds)
+    spec = protocol.spec
+    seeds = sorted({t.seed for t in tasks})
+    print(f"wrote {len(tasks)} tasks ({len(spec.pairs)} pairs × {len(seeds)} seed(s)) to {path}; inputs under "
+          f"{path.with_suffix('')}/inputs (paths in the CSV are relative to its folder)")
+    print(f"write each output as an 8-bit RGB PNG of {spec.resolution}×{spec.resolution} named DIR/<output_file>, then: "
+          f"sxbench import DIR --as NAME --protocol {args.protocol}"
+          + (f" --seeds {','.join(map(str, seeds))}" if args.seeds else "")
+          + (f" --resolution {args.resolution}" if args.resolution else ""))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from sxbench.imported import import_outputs
+    from sxbench.runner import RunConfig
+
+    name, pargs = _protocol_args(args.protocol)
+    if args.resolution:
+        pargs["resolution"] = args.resolution
+    out = Path(args.out) if args.out else Path("reports") / (name if name != "folder" else Path(pargs["root"]).stem or "folder")
+    config = RunConfig(protocol=name, methods=(), out=out, protocol_args=pargs, seeds=args.seeds, metrics=args.metrics,
+                       device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
+                       weights_dir=args.weights_dir)
+    s = import_outputs(args.dir, args.name, config, reference=args.reference, notes=args.notes)
+    print(f"{s.imported} imported as {s.method}, {s.already_stored} already stored, {len(s.problems)} problem(s)"
+          + (f", {s.replaced} samples of an earlier import replaced" if s.replaced else "")
+          + (f", {s.rescored} rescored" if s.rescored else ""))
+    for metric, why in s.skipped_metrics.items():
+        print(f"skipped metric {metric}: {why}")
+    for line in s.problems:
+        print(f"import problem: {line}", file=sys.stderr)
+    print(f"report: {s.run_dir / 'index.html'}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -149,11 +199,11 @@ def cmd_weights(args: argparse.Namespace) -> int:
     root = weights.weights_dir(args.weights_dir)
     if args.action == "list":
         print(f"weights folder: {root}")
-        rows = [("backbone", "status", "metrics", "source", "licence")]
+        rows = [("backbone", "status", "used by", "source", "licence")]
         for name, b in weights.BACKBONES.items():
             st = weights.status(name, root, verify=not args.no_verify)
             state = "missing" if not st["present"] else st["detail"]
-            rows.append((name + (" *" if b.default else ""), state, ",".join(b.metrics), b.sources[0].describe(), b.licence))
+            rows.append((name + (" *" if b.default else ""), state, ",".join((*b.metrics, *b.methods)), b.sources[0].describe(), b.licence))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
@@ -206,6 +256,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.cache/sxbench/weights); see `sxbench weights list`")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=cmd_run)
+
+    t = sub.add_parser("tasks", help="write a protocol's work list (one row per pair and seed) and its input images, "
+                       "for a method run outside sxbench; bring its outputs back with `sxbench import`")
+    t.add_argument("--protocol", required=True, help="as for `run`")
+    t.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default: the protocol's)")
+    t.add_argument("--resolution", type=int, default=None, help="override the protocol's resolution")
+    t.add_argument("--out", default="tasks.csv", help="CSV to write; input images go to <its stem>/inputs/")
+    t.set_defaults(fn=cmd_tasks)
+
+    im = sub.add_parser("import", help="store and score an external method's outputs (DIR/<task_id>.png, as "
+                        "`sxbench tasks` lists them) exactly like a native method's; write the report")
+    im.add_argument("dir", help="folder holding the outputs")
+    im.add_argument("--as", dest="name", required=True, help="method name in the store and report (not a registered one)")
+    im.add_argument("--protocol", required=True, help="the protocol the tasks came from")
+    im.add_argument("--seeds", type=_ints, default=None, help="the seeds given to `sxbench tasks` (default: the protocol's)")
+    im.add_argument("--resolution", type=int, default=None, help="the resolution given to `sxbench tasks`")
+    im.add_argument("--reference", default="", help="citation or URL of the method, shown in the report")
+    im.add_argument("--notes", default="", help="how the outputs were made (code version, settings), shown in the report")
+    im.add_argument("--out", default=None, help="run folder (default reports/<protocol>, beside native runs)")
+    im.add_argument("--metrics", type=_csv, default=None, help="comma-separated metric names (default: the protocol's)")
+    im.add_argument("--device", default="cpu", help="device of the metrics' backbones")
+    im.add_argument("--batch-size", type=int, default=8)
+    im.add_argument("--weights-dir", default=None, help="pretrained weights folder, as for `run`")
+    im.add_argument("--no-progress", action="store_true", help="no progress bars")
+    im.set_defaults(fn=cmd_import)
 
     ls = sub.add_parser("list", help="list registered methods, metrics or protocols")
     ls.add_argument("what", choices=("methods", "metrics", "protocols"))

@@ -45,6 +45,19 @@ class MethodInfo:
         return asdict(self)
 
 
+IMPORTED_VERSION = "imported"
+"""``MethodInfo.version`` of outputs brought in by ``sxbench import`` (made outside sxbench, never re-run)."""
+
+
+@dataclass(frozen=True)
+class ImportedMethodInfo(MethodInfo):
+    """An external method's imported outputs. ``params`` holds only ``digest`` (of the imported pixels), so the
+    sample keys follow the images; where and when they came from is ``provenance``, outside the key."""
+
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """``source`` (import folder), ``notes``, ``imported_at`` (UTC, ISO 8601), ``files`` and ``problems`` counts."""
+
+
 @dataclass(frozen=True)
 class MetricInfo:
     """A metric's self-description; every stored value carries it."""

@@ -297,7 +297,8 @@ class Runner:
             failed_methods: dict[str, str] = {}
             for name in cfg.methods:
                 try:
-                    method = registry.create_method(name, device=cfg.device, **cfg.method_args.get(name, {}))
+                    method = registry.create_method(name, device=cfg.device, **_weights_kwargs(name, cfg),
+                                                    **cfg.method_args.get(name, {}))
                 except registry.UnknownNameError:
                     raise
                 except Exception as exc:
@@ -472,3 +473,14 @@ def run(config: RunConfig) -> RunSummary:
     summary = Runner(config).run()
     render(summary.run_dir)
     return summary
+
+
+def _weights_kwargs(name: str, cfg: "RunConfig") -> dict[str, Any]:
+    """``{"weights_dir": ...}`` for methods that load registry weights (their constructor names it)."""
+    if cfg.weights_dir is None:
+        return {}
+    try:
+        accepts = "weights_dir" in inspect.signature(registry.methods.get(name)).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return {"weights_dir": cfg.weights_dir} if accepts else {}

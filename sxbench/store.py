@@ -131,6 +131,26 @@ class Store:
             [[asdict(v)[c] for c in _VALUE_COLUMNS] for v in values],
         )
 
+    def delete_samples(self, keys: Iterable[str]) -> int:
+        """Remove samples with their metric values and routing in one transaction; returns how many existed.
+        Their PNG files are the caller's to remove."""
+        keys = list(keys)
+        n = 0
+        with self._transaction():
+            for i in range(0, len(keys), 500):
+                chunk = keys[i : i + 500]
+                marks = ", ".join("?" * len(chunk))
+                self.conn.execute(f"DELETE FROM metric_values WHERE sample_key IN ({marks})", chunk)
+                self.conn.execute(f"DELETE FROM routing WHERE sample_key IN ({marks})", chunk)
+                n += self.conn.execute(f"DELETE FROM samples WHERE sample_key IN ({marks})", chunk).rowcount
+        return n
+
+    def delete_method(self, method: str, method_config: str) -> None:
+        """Remove a method configuration's registration and set values (its samples: ``delete_samples``)."""
+        with self._transaction():
+            self.conn.execute("DELETE FROM methods WHERE method = ? AND method_config = ?", (method, method_config))
+            self.conn.execute("DELETE FROM set_values WHERE method = ? AND method_config = ?", (method, method_config))
+
     def _transaction(self):
         return _Transaction(self.conn)
 

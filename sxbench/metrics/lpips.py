@@ -1,0 +1,31 @@
+"""Standard LPIPS to the content (Zhang et al., CVPR 2018): v0.1 linear heads on torchvision's ImageNet AlexNet
+and VGG-16 trunks (backbones ``lpips-alex`` and ``lpips-vgg``; see ``sxbench.backbones.lpips_net``)."""
+
+from __future__ import annotations
+
+from sxbench.metrics.backbone import BackboneMetric
+from sxbench.metrics.image import INF, _need
+from sxbench.records import MetricInfo
+
+
+class LPIPSContent(BackboneMetric):
+    backbone_name = "lpips-alex"
+    info = MetricInfo(
+        "lpips_content", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="lpips-alex",
+        description="LPIPS v0.1 (AlexNet, torchvision ImageNet trunk) between output and content at the protocol "
+                    "resolution: inputs [0, 1] → [-1, 1], the lpips package's model exactly.",
+    )
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = _need(content, "content", self.info.name)
+        dev = next(self.extractor.parameters()).device
+        return self.extractor.distance(output.to(dev), ref.to(dev)).float()
+
+
+class LPIPSContentVGG(LPIPSContent):
+    backbone_name = "lpips-vgg"
+    info = MetricInfo(
+        "lpips_content_vgg", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="lpips-vgg",
+        description="LPIPS v0.1 (VGG-16, torchvision ImageNet trunk) between output and content at the protocol "
+                    "resolution: inputs [0, 1] → [-1, 1], the lpips package's model exactly.",
+    )
