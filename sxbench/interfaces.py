@@ -52,6 +52,8 @@ class Method(abc.ABC):
     """Citation or URL."""
     deterministic: ClassVar[bool] = True
     """Whether the output ignores the seed."""
+    licence: ClassVar[str] = "code: Apache-2.0 (this project); no pretrained weights"
+    """Licences of the code and of any weights, for the method card."""
 
     def __init__(self, *, device: str | torch.device = "cpu", **params: Any) -> None:
         self.device = torch.device(device)
@@ -66,6 +68,7 @@ class Method(abc.ABC):
             params=dict(self.params),
             reference=self.reference,
             deterministic=self.deterministic,
+            licence=self.licence,
         )
 
     @abc.abstractmethod

@@ -35,6 +35,8 @@ class MethodInfo:
     """Citation or URL of the method."""
     deterministic: bool = True
     """Whether the output ignores the seed."""
+    licence: str = ""
+    """Licences of the code and of the weights (method card; not part of ``config_hash``)."""
 
     @property
     def config_hash(self) -> str:

@@ -38,9 +38,10 @@ from sxbench.weights import WeightsMissingError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("identity", "stylecopy", "reinhard", "histmatch", "styleexpert", "styleexpert-lora",
-                   "styleexpert-noprior")
-"""Methods of a run without ``--methods``; names not registered in this installation are skipped."""
+DEFAULT_METHODS = ("identity", "stylecopy", "reinhard", "histmatch", "magenta", "adain", "styleexpert",
+                   "styleexpert-lora", "styleexpert-noprior")
+"""Methods of a run without ``--methods``; names not registered in this installation are skipped, and methods
+whose weights are missing are reported and skipped (``gatys``, an optimisation per image, is opt-in)."""
 
 
 @dataclass(frozen=True)

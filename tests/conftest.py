@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +178,18 @@ def _no_user_weights(tmp_path_factory):
         os.environ.pop("SXBENCH_WEIGHTS", None)
     else:
         os.environ["SXBENCH_WEIGHTS"] = old
+
+
+@pytest.fixture(scope="session")
+def real_weights(tmp_path_factory) -> Path:
+    """(marker ``weights``) ``sxbench weights fetch default`` into $SXBENCH_TEST_WEIGHTS (reused across runs) or a
+    fresh folder, once per session."""
+    from sxbench import weights
+
+    root = Path(os.environ.get("SXBENCH_TEST_WEIGHTS") or tmp_path_factory.mktemp("real-weights"))
+    p = subprocess.run([sys.executable, "-m", "sxbench", "weights", "fetch", "default", "--weights-dir", str(root)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for name in weights.default_set():
+        assert weights.status(name, root)["ok"] is True, name
+    return root

@@ -132,4 +132,3 @@ def test_cfsd_on_the_registry_vgg19(real_weights):
     assert (blurred < other / 3).all(), (blurred, other)
 
 
-from test_weights_registry import real_weights  # noqa: E402,F401  (the fixture fetching the registry weights)

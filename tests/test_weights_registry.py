@@ -18,18 +18,6 @@ from sxbench.backbones.models import load_extractor
 pytestmark = pytest.mark.weights
 
 
-@pytest.fixture(scope="module")
-def real_weights(tmp_path_factory) -> Path:
-    """``sxbench weights fetch default`` into $SXBENCH_TEST_WEIGHTS (reused across runs) or a fresh folder."""
-    root = Path(os.environ.get("SXBENCH_TEST_WEIGHTS") or tmp_path_factory.mktemp("real-weights"))
-    p = subprocess.run([sys.executable, "-m", "sxbench", "weights", "fetch", "default", "--weights-dir", str(root)],
-                       capture_output=True, text=True)
-    assert p.returncode == 0, p.stdout + p.stderr
-    for name in weights.default_set():
-        assert weights.status(name, root)["ok"] is True, name
-    return root
-
-
 def _photo(name: str, box=None, size=256) -> torch.Tensor:
     a = getattr(skdata, name)()
     a = np.repeat(a[..., None], 3, -1) if a.ndim == 2 else a[..., :3]

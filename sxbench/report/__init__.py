@@ -288,6 +288,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     figures = _figures(values, run_dir / "figures") if len(values) else []
     expert_rows, expert_figs = _expert_section(routing, run_dir / "figures")
     infos = sorted(method_infos.values(), key=lambda m: m["name"])
+    cards = _method_cards(infos, cost, imported)
     figures += expert_figs + _training_curves(infos, run_dir / "figures")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -310,7 +311,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         n_errors=len(errors), cost=cost, grid=grid, figures=figures, metric_rows=metric_rows,
         method_infos=infos, expert_rows=expert_rows, set_table=set_table, bench_rows=bench_rows,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
-        failed_methods=prov.get("failed_methods", {}), imported=imported, json=json,
+        failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
     )
     out = run_dir / "index.html"
     tmp = out.with_suffix(".tmp")
@@ -318,6 +319,28 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     tmp.replace(out)
     log.info("report written to %s", out)
     return out
+
+
+def _method_cards(infos: list[dict[str, Any]], cost: list[dict[str, Any]],
+                  imported: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One card per stored method configuration: reference, licences, weights checksums, parameters, measured
+    seconds per image (median over this store's samples) and the command that reproduces trained weights."""
+    latency = {c["method"]: (c["latency_ms"] / 1000.0, c["device"]) for c in cost}
+    cards = []
+    for m in infos:
+        params = dict(m.get("params", {}))
+        reproduce = params.pop("reproduce", None)
+        checks = {k: params.pop(k) for k in list(params) if k.endswith("sha256") or k == "digest"}
+        flat: dict[str, str] = {}
+        for k, v in checks.items():
+            for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)]):
+                flat[kk] = str(vv)[:16] if vv else "unverified"
+        s, dev = latency.get(m["name"], (None, None))
+        cards.append({"name": m["name"], "version": m["version"], "reference": m.get("reference", ""),
+                      "licence": m.get("licence") or ("see the reference" if m["name"] in imported else "not recorded"),
+                      "checksums": flat, "params": params, "s_per_image": s, "device": dev, "reproduce": reproduce,
+                      "imported": m["name"] in imported})
+    return cards
 
 
 def _set_table(sv: pd.DataFrame) -> dict[str, Any] | None:

@@ -1,0 +1,374 @@
+"""``adain``: arbitrary style transfer by adaptive instance normalisation (Huang & Belongie, ICCV 2017).
+
+The content's VGG-19 features take the channel-wise mean and standard deviation of the style's, and a decoder
+maps them back to an image: ``out = g((1 − α)·f(c) + α·AdaIN(f(c), f(s)))``.
+
+The encoder is the registry VGG-19 (``sxbench weights fetch vgg19``), normalised as Gatys et al.'s (each
+filter divided by its mean activation on photos, measured at the start of training and stored with the
+decoder). The decoder is trained here by ``sxbench train adain`` with the paper's losses (content loss on the
+encoder layer against the AdaIN target, style loss on the means and standard deviations of the layers up to
+it) and shipped in ``baselines/checkpoints/adain`` (fp16 safetensors plus ``config.json`` with the command
+that reproduces it).
+
+Where this departs from the paper, to train within 30 minutes on a 2-core CPU (the paper: 160k iterations at
+512² on a GPU): the default encoder layer is ``relu3_1`` (``relu4_1``, the paper's, is ``--layer relu4_1``),
+training runs at 64² for 1000 steps with style weight λ = 2 (paper: 10), the decoder has half the paper's
+channels and ends in a sigmoid. The result is a weak decoder: blurry, with the style's colour statistics and
+some of its texture; see the method card's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from sxbench.imageio import to_tensor
+from sxbench.interfaces import Method
+
+ENCODER_LAYER = "relu4_1"
+"""The paper's encoder layer; ``relu3_1`` (a shallower encoder, easier to invert) is the other choice."""
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+CHECKPOINT_ENV = "SXBENCH_ADAIN_CHECKPOINT"
+PACKAGED = Path(__file__).parent / "checkpoints" / "adain"
+LAYER_CHANNELS = {"relu1_1": 64, "relu2_1": 128, "relu3_1": 256, "relu4_1": 512}
+REPRODUCE = "sxbench train adain --out runs/adain --install"
+"""The command that reproduces the committed decoder."""
+
+
+# ------------------------------------------------------------------------------------------- model
+def mean_std(feat: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel-wise mean and standard deviation over space, ``(B, C, 1, 1)`` each."""
+    flat = feat.flatten(2)
+    return flat.mean(2)[..., None, None], (flat.var(2, unbiased=False) + eps).sqrt()[..., None, None]
+
+
+def adain(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    """Content features renormalised to the style features' channel statistics."""
+    mc, sc = mean_std(content)
+    ms, ss = mean_std(style)
+    return (content - mc) / sc * ss + ms
+
+
+class Decoder(nn.Module):
+    """The AdaIN decoder (mirror of VGG-19 up to ``layer``, nearest upsampling, reflection padding) with
+    ``width`` times the paper's channels. A final sigmoid keeps RGB in ``[0, 1]``: without it the decoder
+    meets the normalised VGG's statistics with negative pixels, which clamping then turns dark."""
+
+    def __init__(self, width: float = 0.5, layer: str = ENCODER_LAYER) -> None:
+        super().__init__()
+        if layer not in ("relu3_1", "relu4_1"):
+            raise ValueError(f"adain: encoder layer must be relu3_1 or relu4_1, not {layer!r}")
+        self.layer = layer
+        self.style_layers = STYLE_LAYERS[: STYLE_LAYERS.index(layer) + 1]
+        for name in self.style_layers:  # per-filter mean activations: the "normalised VGG"
+            self.register_buffer(f"scale_{name}", torch.ones(LAYER_CHANNELS[name]))
+        c4, c3, c2, c1 = (max(8, int(round(c * width))) for c in (256, 256, 128, 64))
+        plan: list[tuple[int, int] | str] = [
+            (512, c4), "up", (c4, c3), (c3, c3), (c3, c3), (c3, c2), "up", (c2, c2), (c2, c1), "up", (c1, c1),
+        ] if layer == "relu4_1" else [(256, c2), "up", (c2, c2), (c2, c1), "up", (c1, c1)]
+        layers: list[nn.Module] = []
+        for p in plan:
+            if p == "up":
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            else:
+                layers += [nn.ReflectionPad2d(1), nn.Conv2d(p[0], p[1], 3), nn.ReLU()]
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(c1, 3, 3), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+        self.width = width
+
+    def set_scales(self, scales: dict[str, torch.Tensor]) -> None:
+        for k, v in scales.items():
+            getattr(self, f"scale_{k}").copy_(v)
+
+    def normalise(self, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """VGG activations divided by each filter's mean activation on photos (Gatys et al.'s normalised
+        VGG, which AdaIN's encoder is): every layer then weighs alike in the losses."""
+        return {k: v / getattr(self, f"scale_{k}").view(1, -1, 1, 1) for k, v in feats.items()}
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        """Normalised ``relu4_1`` features → RGB."""
+        return self.net(feat)
+
+
+def load_decoder(path: Path, device: str | torch.device = "cpu") -> tuple[Decoder, dict[str, Any]]:
+    """A decoder folder (``config.json`` + ``decoder.safetensors``) → float32 decoder and its config."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((path / "config.json").read_text())
+    dec = Decoder(cfg.get("width", 0.5), cfg.get("layer", ENCODER_LAYER))
+    dec.load_state_dict({k: v.float() for k, v in load_file(str(path / "decoder.safetensors")).items()})
+    return dec.to(device).eval().requires_grad_(False), cfg
+
+
+def save_decoder(dec: Decoder, path: Path, meta: dict[str, Any], *, half: bool = True) -> Path:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    sd = {k: (v.half() if half else v).contiguous().cpu() for k, v in dec.state_dict().items()}
+    tmp = path / "decoder.safetensors.tmp"
+    save_file(sd, str(tmp), metadata={"format": "pt", "dtype": "float16" if half else "float32"})
+    os.replace(tmp, path / "decoder.safetensors")
+    (path / "config.json").write_text(json.dumps({"width": dec.width, "layer": dec.layer, **meta}, indent=1, default=str))
+    return path
+
+
+def find_decoder(checkpoint: str | os.PathLike | None) -> Path:
+    """``checkpoint``, else ``$SXBENCH_ADAIN_CHECKPOINT``, else the packaged decoder."""
+    candidates = [Path(checkpoint)] if checkpoint else (
+        [Path(os.environ[CHECKPOINT_ENV])] if os.environ.get(CHECKPOINT_ENV) else []) + [PACKAGED]
+    for c in candidates:
+        if (c / "decoder.safetensors").is_file() and (c / "config.json").is_file():
+            return c
+    raise FileNotFoundError(
+        f"adain: no decoder at {' or '.join(map(str, candidates))}; train one with `{REPRODUCE}` "
+        "or pass --param adain.checkpoint=DIR (a folder with config.json and decoder.safetensors)"
+    )
+
+
+def _encoder(device: str | torch.device, weights_dir: str | os.PathLike | None):
+    from sxbench.backbones.models import load_extractor
+
+    return load_extractor("vgg19", device, Path(weights_dir) if weights_dir else None)
+
+
+# ------------------------------------------------------------------------------------------ method
+class AdaIN(Method):
+    name = "adain"
+    reference = "Huang & Belongie, Arbitrary Style Transfer in Real-time with Adaptive Instance Normalization, ICCV 2017"
+    licence = "code: Apache-2.0 (this project); encoder: VGG-19 CC BY 4.0 (registry, 8-bit); decoder: trained here"
+
+    def __init__(self, *, device: str | torch.device = "cpu", alpha: float = 1.0, checkpoint: str | None = None,
+                 weights_dir: str | None = None) -> None:
+        from sxbench.weights import sha256
+
+        self.vgg = _encoder(device, weights_dir)
+        path = find_decoder(checkpoint)
+        self.decoder, cfg = load_decoder(path, device)
+        super().__init__(device=device, alpha=float(alpha), checkpoint=str(path),
+                         weights_sha256=sha256(path / "decoder.safetensors"),
+                         encoder_sha256=self.vgg.weights_sha256, **({"reproduce": cfg["command"]} if "command" in cfg else {}))
+
+    @torch.no_grad()
+    def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *,
+                      seeds: Sequence[int]) -> list[torch.Tensor]:
+        a = self.params["alpha"]
+        c = to_tensor(list(contents)).to(self.device)
+        enc = self.decoder.normalise
+        layer = self.decoder.layer
+        fc = enc(self.vgg.layers(c, (layer,), resize=False))[layer]
+        outs = []
+        for i, s in enumerate(styles):  # styles may differ in size: statistics per style image
+            fs = enc(self.vgg.layers(to_tensor([s]).to(self.device), (layer,), resize=False))[layer]
+            t = adain(fc[i : i + 1], fs)
+            outs.append(self.decoder(a * t + (1 - a) * fc[i : i + 1]))
+        out = torch.cat(outs)
+        if out.shape[-2:] != c.shape[-2:]:  # sizes not divisible by 8
+            out = F.interpolate(out, size=c.shape[-2:], mode="bilinear", align_corners=False)
+        return list(out.clamp(0, 1).float().cpu())
+
+
+# ---------------------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    out: Path
+    steps: int = 1000
+    batch_size: int = 8
+    resolution: int = 64
+    lr: float = 5e-4
+    style_weight: float = 2.0
+    width: float = 0.5
+    layer: str = "relu3_1"
+    n_synth_contents: int = 600
+    n_synth_styles: int = 600
+    photo_fraction: float = 0.5
+    """Share of contents drawn from the photographs (the rest: synth scenes)."""
+    photo_style_fraction: float = 0.25
+    """Share of styles drawn from the pictures (the rest: seen-split synth styles)."""
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 100
+    progress: bool = True
+    weights_dir: str | None = None
+    stop_at: int | None = None
+    """Stop at this step with the state saved (as a killed run would), for splitting a run; not the schedule."""
+
+
+PHOTO_TEXTURES = ("brick.png", "grass.png", "gravel.png", "rough-wall.png", "hubble_deep_field.jpg", "ihc.png",
+                  "retina.jpg", "color.png", "lily.png")
+"""scikit-image bundled pictures used as styles (the rest of its bundled photos are contents)."""
+
+
+def _skimage_images() -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(contents, styles) from the photos scikit-image ships in its wheel (files only: nothing is fetched)."""
+    from sxbench.imageio import ImageLoadError, load_image
+    from sxbench.protocols.photos import data_dir
+
+    contents, styles = [], []
+    for p in sorted(data_dir().iterdir()):
+        if p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        try:
+            im = load_image(p)
+        except ImageLoadError:
+            continue
+        if min(im.size) < 128:
+            continue
+        (styles if p.name in PHOTO_TEXTURES else contents).append(np.asarray(im, np.float32) / 255.0)
+    return contents, styles
+
+
+def _synth_images(cfg: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Training scenes (a seed range the protocols never use) and seen-split styles on them (held-out
+    families and the held-out parameter range stay unseen, as for StyleExpert)."""
+    from sxbench.protocols import synthgen
+    from sxbench.protocols.synth import SEEN_RANGE
+
+    rng = np.random.default_rng(cfg.seed + 77_000_001)
+    res = cfg.resolution
+    contents = [synthgen.make_scene(90_000_000 + cfg.seed * 10_000 + i, res).image for i in range(cfg.n_synth_contents)]
+    fams = [f for f in synthgen.FAMILIES.values() if not f.held_out]
+    styles = []
+    for i in range(cfg.n_synth_styles):
+        fam = fams[i % len(fams)]
+        u = {name: float(rng.uniform(*SEEN_RANGE)) for name, _, _ in fam.params}
+        scene = synthgen.make_scene(95_000_000 + cfg.seed * 10_000 + i, res)
+        styles.append(synthgen.apply_style(scene.image, fam.name, u, int(rng.integers(2**31))))
+    return contents, styles
+
+
+def _crop(img: np.ndarray, res: int, rng: np.random.Generator) -> torch.Tensor:
+    """A random square crop (side between res and the shorter side, at most 2·res) resized to ``res``."""
+    h, w = img.shape[:2]
+    side = int(rng.integers(res, max(res, min(h, w, 2 * res)) + 1))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    t = torch.from_numpy(np.ascontiguousarray(img[y : y + side, x : x + side])).permute(2, 0, 1)[None]
+    if side != res:
+        t = F.interpolate(t, size=(res, res), mode="bilinear", align_corners=False, antialias=True)
+    if rng.random() < 0.5:
+        t = t.flip(-1)
+    return t[0].clamp(0, 1)
+
+
+@torch.no_grad()
+def channel_means(vgg, images: Sequence[np.ndarray], resolution: int, device: str | torch.device,
+                  layers: Sequence[str] = STYLE_LAYERS) -> dict[str, torch.Tensor]:
+    """Each filter's mean activation over ``images`` (centre crops at ``resolution``), as Gatys et al.
+    normalised VGG-19; floored so a dead filter does not divide by zero."""
+    rng = np.random.default_rng(0)
+    sums: dict[str, torch.Tensor] = {}
+    for img in images:
+        x = _crop(img, resolution, rng)[None].to(device)
+        for k, v in vgg.layers(x, layers, resize=False).items():
+            sums[k] = sums.get(k, 0) + v.mean((0, 2, 3))
+    return {k: (v / len(images)).clamp_min(1.0) for k, v in sums.items()}
+
+
+def losses(vgg, decoder: Decoder, content: torch.Tensor, style: torch.Tensor,
+           style_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's content and style losses for one batch."""
+    enc = decoder.normalise
+    with torch.no_grad():
+        fc = enc(vgg.layers(content, (decoder.layer,), resize=False))[decoder.layer]
+        fs = enc(vgg.layers(style, decoder.style_layers, resize=False))
+        t = adain(fc, fs[decoder.layer])
+    out = decoder(t)
+    fo = enc(vgg.layers(out, decoder.style_layers, resize=False))
+    loss_c = F.mse_loss(fo[decoder.layer], t)
+    loss_s = out.new_zeros(())
+    for name in decoder.style_layers:
+        mo, so = mean_std(fo[name])
+        ms, ss = mean_std(fs[name])
+        loss_s = loss_s + F.mse_loss(mo, ms) + F.mse_loss(so, ss)
+    return loss_c, style_weight * loss_s
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train the decoder; resumable from ``cfg.out/state.safetensors`` (written every ``checkpoint_every``
+    steps), deterministic for a seed on one device. Returns the folder of the final decoder."""
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    vgg = _encoder(cfg.device, cfg.weights_dir)
+    dec = Decoder(cfg.width, cfg.layer).to(cfg.device)
+    opt = torch.optim.Adam(dec.parameters(), lr=cfg.lr)
+    state_path, log_path = out / "state.safetensors", out / "train_log.json"
+    step, log = 0, []
+    if state_path.is_file():
+        st = load_file(str(state_path))
+        dec.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("dec.")})
+        opt_state = torch.load(out / "optimizer.pt", weights_only=True) if (out / "optimizer.pt").is_file() else None
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+        log = json.loads(log_path.read_text()) if log_path.is_file() else []
+        step = len(log)
+        print(f"resuming adain decoder training at step {step}")
+
+    t0 = time.perf_counter()
+    photo_c, photo_s = _skimage_images()
+    synth_c, synth_s = _synth_images(cfg)
+    print(f"training data: {len(photo_c)} photos + {len(synth_c)} synth scenes as contents, "
+          f"{len(photo_s)} pictures + {len(synth_s)} synth styles as styles ({time.perf_counter() - t0:.0f} s)")
+    if step == 0:
+        dec.set_scales(channel_means(vgg, photo_c + photo_s, cfg.resolution, cfg.device, dec.style_layers))
+    pools = ((photo_c, synth_c), (photo_s, synth_s))
+
+    def draw(pool: tuple[list[np.ndarray], list[np.ndarray]], frac: float, rng: np.random.Generator) -> torch.Tensor:
+        photo, synth = pool  # photographs and synth: the decoder must reproduce both
+        src = photo if rng.random() < frac else synth
+        return _crop(src[int(rng.integers(len(src)))], cfg.resolution, rng)
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="adain decoder", disable=not cfg.progress)
+    while step < min(cfg.steps, cfg.stop_at or cfg.steps):
+        rng = np.random.default_rng([cfg.seed, step])  # batch of step s is the same whether resumed or not
+        c = torch.stack([draw(pools[0], cfg.photo_fraction, rng) for _ in range(cfg.batch_size)])
+        s = torch.stack([draw(pools[1], cfg.photo_style_fraction, rng) for _ in range(cfg.batch_size)])
+        loss_c, loss_s = losses(vgg, dec, c.to(cfg.device), s.to(cfg.device), cfg.style_weight)
+        for g in opt.param_groups:  # cosine decay, a function of the step alone (resumes exactly)
+            g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        opt.zero_grad(set_to_none=True)
+        (loss_c + loss_s).backward()
+        opt.step()
+        step += 1
+        log.append({"step": step, "content": loss_c.item(), "style": loss_s.item()})
+        bar.update(1)
+        bar.set_postfix(content=f"{log[-1]['content']:.3g}", style=f"{log[-1]['style']:.3g}")
+        if step % cfg.checkpoint_every == 0 or step in (cfg.steps, cfg.stop_at):
+            tmp = out / "state.safetensors.tmp"
+            save_file({f"dec.{k}": v.contiguous().cpu() for k, v in dec.state_dict().items()}, str(tmp))
+            torch.save(opt.state_dict(), out / "optimizer.pt.tmp")
+            log_path.with_suffix(".tmp").write_text(json.dumps(log))
+            os.replace(out / "optimizer.pt.tmp", out / "optimizer.pt")
+            os.replace(log_path.with_suffix(".tmp"), log_path)
+            os.replace(tmp, state_path)
+    bar.close()
+    if step < cfg.steps:
+        return out
+    meta = {"command": REPRODUCE, "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "stop_at", "weights_dir")},
+            "final_loss": log[-1] if log else None}
+    return save_decoder(dec.eval(), out / "decoder", meta)
+
+
+def install(folder: Path, dest: Path = PACKAGED) -> Path:
+    """Copy a trained decoder folder to the packaged location (the method's default)."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("decoder.safetensors", "config.json"):
+        shutil.copy2(folder / name, dest / name)
+    if (folder.parent / "train_log.json").is_file():
+        shutil.copy2(folder.parent / "train_log.json", dest / "train_log.json")
+    return dest

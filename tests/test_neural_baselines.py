@@ -1,0 +1,134 @@
+"""``adain`` and ``gatys`` on a random-weight VGG-19 in the registry's stored format (offline), and (marker
+``weights``) on the registry VGG-19 with the committed AdaIN decoder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from baselines import adain
+from baselines.gatys import STYLE_LAYERS, gram
+from sxbench import registry
+from sxbench.imageio import to_tensor
+from sxbench.weights import WeightsMissingError
+
+
+def _images(n: int, size: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        y, x = np.mgrid[0:size, 0:size] / size
+        base = np.stack([np.sin(6 * x + rng.uniform(0, 6)), np.cos(5 * y + rng.uniform(0, 6)), x * y], -1)
+        arr = np.clip(0.5 + 0.4 * base + 0.1 * rng.standard_normal((size, size, 3)), 0, 1)
+        out.append(Image.fromarray((arr * 255).astype(np.uint8)))
+    return out
+
+
+def _train(out: Path, steps: int, weights: Path, **kw) -> Path:
+    cfg = adain.TrainConfig(out=out, steps=steps, batch_size=2, resolution=32, n_synth_contents=3, n_synth_styles=3,
+                            checkpoint_every=2, progress=False, weights_dir=str(weights), **kw)
+    return adain.train(cfg)
+
+
+@pytest.fixture(scope="module")
+def decoder(tiny_weights, tmp_path_factory) -> Path:
+    return _train(tmp_path_factory.mktemp("adain"), 3, tiny_weights)
+
+
+def test_adain_training_writes_fp16_decoder_with_its_command(decoder):
+    from safetensors import safe_open
+
+    cfg = json.loads((decoder / "config.json").read_text())
+    assert cfg["command"] == adain.REPRODUCE and cfg["layer"] == adain.TrainConfig.layer and cfg["config"]["steps"] == 3
+    with safe_open(str(decoder / "decoder.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+        scales = f.get_tensor("scale_relu1_1")
+    assert torch.isfinite(scales).all() and (scales >= 1.0).all() and not torch.all(scales == 1.0)  # measured, floored
+    log = json.loads((decoder.parent / "train_log.json").read_text())
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["content"]) for r in log)
+
+
+def test_adain_training_resumes_exactly(tiny_weights, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = _train(tmp_path / "a", 4, tiny_weights)
+    _train(tmp_path / "b", 4, tiny_weights, stop_at=2)  # stops at step 2 with its state on disk, as a kill would
+    cfg = json.loads((tmp_path / "b" / "train_log.json").read_text())
+    assert len(cfg) == 2
+    resumed = _train(tmp_path / "b", 4, tiny_weights)
+    a, b = load_file(str(straight / "decoder.safetensors")), load_file(str(resumed / "decoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_adain_method_alpha_and_sizes(decoder, tiny_weights):
+    m1 = registry.create_method("adain", checkpoint=str(decoder), weights_dir=str(tiny_weights))
+    m0 = registry.create_method("adain", checkpoint=str(decoder), weights_dir=str(tiny_weights), alpha=0.0)
+    contents, styles = _images(2, 36, 0), _images(2, 48, 1)  # 36: not divisible by 8; styles of another size
+    out1 = m1.stylize_batch(contents, styles, seeds=[0, 0])
+    out0 = m0.stylize_batch(contents, styles, seeds=[0, 0])
+    assert [tuple(o.shape) for o in out1] == [(3, 36, 36)] * 2
+    assert all(float(o.min()) >= 0 and float(o.max()) <= 1 for o in out1)
+    assert not torch.allclose(out1[0], out0[0])  # alpha interpolates between content and AdaIN features
+    alone = m1.stylize_batch(contents[1:], styles[1:], seeds=[0])[0]
+    assert torch.allclose(alone, out1[1], atol=1e-5)  # per-sample statistics: batching changes nothing
+    assert m1.info.params["weights_sha256"] and m1.info.params["alpha"] == 1.0
+    assert m1.info.config_hash != m0.info.config_hash
+
+
+def test_adain_missing_decoder_and_weights(tmp_path, tiny_weights, decoder):
+    with pytest.raises(FileNotFoundError, match="sxbench train adain"):
+        registry.create_method("adain", checkpoint=str(tmp_path / "none"), weights_dir=str(tiny_weights))
+    with pytest.raises(WeightsMissingError, match="sxbench weights fetch vgg19"):
+        registry.create_method("adain", checkpoint=str(decoder), weights_dir=str(tmp_path / "empty"))
+
+
+def test_gatys_lowers_its_loss_and_batches_independently(tiny_weights):
+    m = registry.create_method("gatys", weights_dir=str(tiny_weights), iterations=6, resolution=32, lr=0.05)
+    contents, styles = _images(2, 40, 2), _images(2, 40, 3)
+    out = m.stylize_batch(contents, styles, seeds=[0, 0])
+    assert [tuple(o.shape) for o in out] == [(3, 40, 40)] * 2  # back at the protocol's size
+    assert all(float(o.min()) >= 0 and float(o.max()) <= 1 for o in out)
+    # the optimised image has a lower objective than the content it started from
+    c = m._resize(to_tensor(contents[:1]), 32)
+    with torch.no_grad():
+        cf = m._features(c, ("relu4_2",))["relu4_2"]
+        sg = {n: gram(v) for n, v in m._features(m._resize(to_tensor(styles[:1]), 32), STYLE_LAYERS).items()}
+        before = float(m._loss(c, cf, sg))
+        after = float(m._loss(m._resize(out[0][None], 32), cf, sg))
+    assert after < before
+    alone = m.stylize_batch(contents[1:], styles[1:], seeds=[0])[0]
+    assert torch.allclose(alone, out[1], atol=1e-4)  # Adam's per-element updates: images don't interact
+
+
+def test_gatys_lbfgs_and_bad_parameters(tiny_weights):
+    m = registry.create_method("gatys", weights_dir=str(tiny_weights), optimizer="lbfgs", iterations=3, resolution=32)
+    out = m.stylize_batch(_images(1, 32, 4), _images(1, 32, 5), seeds=[0])
+    assert tuple(out[0].shape) == (3, 32, 32) and torch.isfinite(out[0]).all()
+    assert m.info.params["preset"] == "fast" and m.info.params["optimizer"] == "lbfgs"
+    with pytest.raises(ValueError, match="preset"):
+        registry.create_method("gatys", weights_dir=str(tiny_weights), preset="nope")
+    with pytest.raises(ValueError, match="optimizer"):
+        registry.create_method("gatys", weights_dir=str(tiny_weights), optimizer="sgd")
+
+
+@pytest.mark.weights
+def test_real_vgg_methods_transfer_style(real_weights):
+    """On the registry VGG-19: gatys and the committed adain decoder bring the Gram statistics of a photo
+    toward a texture's (vgg_gram_style falls well below the content's own)."""
+    from sxbench.protocols.photos import photos
+
+    p = photos(resolution=128)
+    contents, styles = [p.content("astronaut"), p.content("coffee")], [p.style("brick"), p.style("ihc")]
+    metric = registry.create_metric("vgg_gram_style", weights_dir=str(real_weights))
+    ref = to_tensor(styles)
+    base = metric.score(to_tensor(contents), style=ref)
+    for name, kw in (("gatys", {"iterations": 30}), ("adain", {})):
+        out = torch.stack(registry.create_method(name, weights_dir=str(real_weights), **kw)
+                          .stylize_batch(contents, styles, seeds=[0, 0]))
+        got = metric.score(out, style=ref)
+        assert (got < 0.5 * base).all(), (name, got, base)
