@@ -307,14 +307,20 @@ def train(cfg: TrainConfig) -> Path:
     opt = torch.optim.Adam(dec.parameters(), lr=cfg.lr)
     state_path, log_path = out / "state.safetensors", out / "train_log.json"
     step, log = 0, []
-    if state_path.is_file():
-        st = load_file(str(state_path))
-        dec.load_state_dict({k[4:]: v for k, v in st.items() if k.startswith("dec.")})
-        opt_state = torch.load(out / "optimizer.pt", weights_only=True) if (out / "optimizer.pt").is_file() else None
-        if opt_state is not None:
-            opt.load_state_dict(opt_state)
-        log = json.loads(log_path.read_text()) if log_path.is_file() else []
-        step = len(log)
+    if state_path.is_file():  # resume: the state file names its step; optimizer and log follow it
+        from safetensors import safe_open
+
+        with safe_open(str(state_path), "pt") as f:
+            meta = f.metadata() or {}
+        trained = {k: meta.get(k) for k in ("layer", "width", "resolution")}
+        wanted = {"layer": cfg.layer, "width": str(cfg.width), "resolution": str(cfg.resolution)}
+        if trained != wanted:
+            raise ValueError(f"{state_path}: a run with {trained}, not {wanted}; pass the same options to resume it, "
+                             "or another --out to start a new one")
+        step = int(meta["step"])
+        dec.load_state_dict({k[4:]: v for k, v in load_file(str(state_path)).items() if k.startswith("dec.")})
+        opt.load_state_dict(torch.load(out / f"optimizer-{step}.pt", weights_only=True))
+        log = [r for r in json.loads(log_path.read_text()) if r["step"] <= step] if log_path.is_file() else []
         print(f"resuming adain decoder training at step {step}")
 
     t0 = time.perf_counter()
@@ -347,19 +353,33 @@ def train(cfg: TrainConfig) -> Path:
         bar.update(1)
         bar.set_postfix(content=f"{log[-1]['content']:.3g}", style=f"{log[-1]['style']:.3g}")
         if step % cfg.checkpoint_every == 0 or step in (cfg.steps, cfg.stop_at):
-            tmp = out / "state.safetensors.tmp"
-            save_file({f"dec.{k}": v.contiguous().cpu() for k, v in dec.state_dict().items()}, str(tmp))
-            torch.save(opt.state_dict(), out / "optimizer.pt.tmp")
+            # optimizer and log first, the state (which names the step) last: a kill anywhere leaves a
+            # consistent step to resume from
+            torch.save(opt.state_dict(), out / f"optimizer-{step}.pt")
             log_path.with_suffix(".tmp").write_text(json.dumps(log))
-            os.replace(out / "optimizer.pt.tmp", out / "optimizer.pt")
             os.replace(log_path.with_suffix(".tmp"), log_path)
+            tmp = out / "state.safetensors.tmp"
+            save_file({f"dec.{k}": v.contiguous().cpu() for k, v in dec.state_dict().items()}, str(tmp),
+                      metadata={"step": str(step), "layer": cfg.layer, "width": str(cfg.width),
+                                "resolution": str(cfg.resolution)})
             os.replace(tmp, state_path)
+            for old in out.glob("optimizer-*.pt"):
+                if old.name != f"optimizer-{step}.pt":
+                    old.unlink()
     bar.close()
     if step < cfg.steps:
         return out
     meta = {"command": REPRODUCE, "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "stop_at", "weights_dir")},
             "final_loss": log[-1] if log else None}
-    return save_decoder(dec.eval(), out / "decoder", meta)
+    folder = save_decoder(dec.eval(), out / "decoder", meta)
+    write_curve(log, folder / "train_log.json")
+    return folder
+
+
+def write_curve(log: list[dict[str, float]], path: Path) -> None:
+    """The loss log in the report's training-curve format (``{"stage", "history": [{"step", "loss", ...}]}``)."""
+    path.write_text(json.dumps({"stage": "adain decoder", "history": [
+        {**r, "loss": r["content"] + r["style"]} for r in log]}))
 
 
 def install(folder: Path, dest: Path = PACKAGED) -> Path:
@@ -367,8 +387,7 @@ def install(folder: Path, dest: Path = PACKAGED) -> Path:
     import shutil
 
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("decoder.safetensors", "config.json"):
-        shutil.copy2(folder / name, dest / name)
-    if (folder.parent / "train_log.json").is_file():
-        shutil.copy2(folder.parent / "train_log.json", dest / "train_log.json")
+    for name in ("decoder.safetensors", "config.json", "train_log.json"):
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, dest / name)
     return dest

@@ -110,12 +110,16 @@ class Gatys(Method):
 
     def _lbfgs(self, c: torch.Tensor, cf: torch.Tensor, sg: dict[str, torch.Tensor]) -> torch.Tensor:
         x = c.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([x], lr=self.params["lr"], max_iter=self.params["iterations"], history_size=50,
+        n = self.params["iterations"]
+        opt = torch.optim.LBFGS([x], lr=self.params["lr"], max_iter=n, max_eval=2 * n, history_size=50,
                                 line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            loss = self._loss(x.clamp(0, 1), cf, sg).sum()
+            # clamp for the loss, gradient straight through: pixels at exactly 0 or 1 (common in 8-bit inputs)
+            # would otherwise get no gradient and never move
+            clamped = x + (x.clamp(0, 1) - x).detach()
+            loss = self._loss(clamped, cf, sg).sum()
             loss.backward()
             return loss
 

@@ -13,6 +13,7 @@ from sxbench.interfaces import Method
 
 class HistMatch(Method):
     name = "histmatch"
+    licence = "code: Apache-2.0 (this project); no pretrained weights"
     reference = "control: per-channel histogram matching (Gonzalez & Woods, Digital Image Processing)"
 
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *, seeds: Sequence[int]) -> list[Image.Image]:

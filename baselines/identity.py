@@ -11,6 +11,7 @@ from sxbench.interfaces import Method
 
 class Identity(Method):
     name = "identity"
+    licence = "code: Apache-2.0 (this project); no pretrained weights"
     reference = "control: output = content"
 
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *, seeds: Sequence[int]) -> list[Image.Image]:

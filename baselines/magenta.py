@@ -85,6 +85,7 @@ class Magenta(Method):
                 providers.insert(0, "CUDAExecutionProvider")
             else:
                 log.warning("magenta: this onnxruntime has no CUDAExecutionProvider; running on CPU")
+                self.device = torch.device("cpu")  # samples record where it really ran
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # the QDQ graph makes onnxruntime chatty about folding constants
         self.predict = ort.InferenceSession(str(paths[PREDICT]), opts, providers=providers)

@@ -32,6 +32,7 @@ def reinhard_transfer(content: np.ndarray, style: np.ndarray, strength: float = 
 
 class Reinhard(Method):
     name = "reinhard"
+    licence = "code: Apache-2.0 (this project); no pretrained weights"
     reference = "Reinhard et al., Color Transfer between Images, IEEE CG&A 2001"
 
     def __init__(self, *, device: str = "cpu", strength: float = 1.0) -> None:

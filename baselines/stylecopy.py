@@ -11,6 +11,7 @@ from sxbench.interfaces import Method
 
 class StyleCopy(Method):
     name = "stylecopy"
+    licence = "code: Apache-2.0 (this project); no pretrained weights"
     reference = "control: output = style reference"
 
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *, seeds: Sequence[int]) -> list[Image.Image]:

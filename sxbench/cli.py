@@ -72,10 +72,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("reports") / (name if name != "folder" else Path(pargs["root"]).stem or "folder")
     from sxbench.imported import imported_methods
 
+    imported = imported_methods(out)
     for m in methods:
-        if m not in registry.methods and m in imported_methods(out):
+        if m in imported and m not in registry.methods:
             raise ValueError(f"method {m!r} in {out} was imported (`sxbench import`), not made by sxbench: it cannot "
                              "be run; import its outputs again to update them")
+        if m in imported:  # a name imported before a native method of that name was installed
+            raise ValueError(f"{out} holds outputs imported as {m!r}, which is now also a native method: import them "
+                             f"again under another name (`sxbench import DIR --as {m}-ext ...`) into a new --out, "
+                             "or run into another --out")
         registry.methods.get(m)  # fail fast on a typo, with suggestions, before any work
     config = RunConfig(
         protocol=name, methods=methods, out=out, protocol_args=pargs, seeds=args.seeds, limit=args.limit,
@@ -91,6 +96,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"skipped metric {metric}: {why}")
     for line in summary.input_errors:
         print(f"input error: {line}", file=sys.stderr)
+    for m, why in summary.failed_methods.items():
+        print(f"skipped method {m}: {why}", file=sys.stderr)
     print(f"report: {summary.run_dir / 'index.html'}")
     return 1 if summary.failed_methods and len(summary.failed_methods) == len(methods) else 0
 

@@ -52,7 +52,7 @@ class Method(abc.ABC):
     """Citation or URL."""
     deterministic: ClassVar[bool] = True
     """Whether the output ignores the seed."""
-    licence: ClassVar[str] = "code: Apache-2.0 (this project); no pretrained weights"
+    licence: ClassVar[str] = ""
     """Licences of the code and of any weights, for the method card."""
 
     def __init__(self, *, device: str | torch.device = "cpu", **params: Any) -> None:

@@ -298,8 +298,8 @@ class Runner:
             failed_methods: dict[str, str] = {}
             for name in cfg.methods:
                 try:
-                    method = registry.create_method(name, device=cfg.device, **_weights_kwargs(name, cfg),
-                                                    **cfg.method_args.get(name, {}))
+                    method = registry.create_method(name, device=cfg.device,
+                                                    **{**_weights_kwargs(name, cfg), **cfg.method_args.get(name, {})})
                 except registry.UnknownNameError:
                     raise
                 except Exception as exc:

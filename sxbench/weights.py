@@ -199,7 +199,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         "model.safetensors", "MIT / CC BY 4.0", "Caffe: RGB→BGR, ×255, minus (103.939, 116.779, 123.68)",
         convert=_convert_vgg19, stored_sha256="3b9e8e66f48b777a1fb5fa2937682f17e009907236271ff90e00cf1ee243ac0c",
         default=True, caveat="8-bit quantised: close to, not bit-identical with, the original",
-        metrics=("vgg_content_loss", "vgg_gram_style", "cfsd"),
+        metrics=("vgg_content_loss", "vgg_gram_style", "cfsd"), methods=("adain", "gatys"),
     ),
     Backbone(
         "stlpips-alex", "ST-LPIPS AlexNet (vST0.0)",

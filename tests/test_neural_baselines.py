@@ -132,3 +132,18 @@ def test_real_vgg_methods_transfer_style(real_weights):
                           .stylize_batch(contents, styles, seeds=[0, 0]))
         got = metric.score(out, style=ref)
         assert (got < 0.5 * base).all(), (name, got, base)
+
+
+def test_adain_resume_with_other_options_names_the_state_file(tiny_weights, tmp_path):
+    _train(tmp_path / "r", 4, tiny_weights, stop_at=1)
+    with pytest.raises(ValueError, match=r"state\.safetensors.*another --out"):
+        _train(tmp_path / "r", 4, tiny_weights, layer="relu4_1")
+
+
+def test_method_cards_list_every_checksum():
+    from sxbench.report import _checksums
+
+    got = _checksums({"weights_sha256": {"magenta-predict": "a" * 64, "magenta-transform": "b" * 64},
+                      "encoder_sha256": "c" * 64, "nested": {"sha256": "d" * 64}, "alpha": 1.0})
+    assert got == {"weights_sha256.magenta-predict": "a" * 16, "weights_sha256.magenta-transform": "b" * 16,
+                   "encoder_sha256": "c" * 16, "nested.sha256": "d" * 16}

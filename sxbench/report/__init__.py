@@ -257,10 +257,10 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     imported = {i["name"]: i.get("provenance", {}) | {"reference": i["reference"], "digest": i["params"].get("digest")}
                 for i in method_infos.values() if i["version"] == IMPORTED_VERSION}  # `sxbench import`
     cost = []
-    for m, d in ok.groupby("method"):
+    for (m, mc), d in ok.groupby(["method", "method_config"]):
         if m in imported:  # made outside sxbench: nothing measured
             continue
-        cost.append({"method": m, "n": len(d), "latency_ms": 1000 * d.latency_s.median(),
+        cost.append({"method": m, "config": mc, "n": len(d), "latency_ms": 1000 * d.latency_s.median(),
                      "peak_mb": d.peak_memory_bytes.max() / 2**20, "memory_kind": d.memory_kind.iloc[0],
                      "device": d.device.iloc[0]})
 
@@ -288,7 +288,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     figures = _figures(values, run_dir / "figures") if len(values) else []
     expert_rows, expert_figs = _expert_section(routing, run_dir / "figures")
     infos = sorted(method_infos.values(), key=lambda m: m["name"])
-    cards = _method_cards(infos, cost, imported)
+    cards = _method_cards(method_infos, cost, imported)
     figures += expert_figs + _training_curves(infos, run_dir / "figures")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -321,21 +321,36 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     return out
 
 
-def _method_cards(infos: list[dict[str, Any]], cost: list[dict[str, Any]],
+def _checksums(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Every ``*sha256`` / ``digest`` value in ``params``, at any depth, keyed by its dotted path."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            if k.endswith("sha256"):  # {backbone: sha256}
+                out |= {f"{path}.{kk}": str(vv)[:16] if vv else "unverified" for kk, vv in v.items()
+                        if not isinstance(vv, dict)}
+            out |= _checksums({kk: vv for kk, vv in v.items() if isinstance(vv, dict)}, f"{path}.")
+            out |= {f"{path}.{kk}": str(vv)[:16] for kk, vv in v.items()
+                    if not isinstance(vv, dict) and (kk.endswith("sha256") or kk == "digest") and not k.endswith("sha256")}
+        elif k.endswith("sha256") or k == "digest":
+            out[path] = str(v)[:16] if v else "unverified"
+    return out
+
+
+def _method_cards(method_infos: dict[tuple[str, str], dict[str, Any]], cost: list[dict[str, Any]],
                   imported: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One card per stored method configuration: reference, licences, weights checksums, parameters, measured
-    seconds per image (median over this store's samples) and the command that reproduces trained weights."""
-    latency = {c["method"]: (c["latency_ms"] / 1000.0, c["device"]) for c in cost}
+    seconds per image (median over this store's samples of that configuration) and the command that reproduces
+    trained weights."""
+    latency = {(c["method"], c["config"]): (c["latency_ms"] / 1000.0, c["device"]) for c in cost}
     cards = []
-    for m in infos:
-        params = dict(m.get("params", {}))
-        reproduce = params.pop("reproduce", None)
-        checks = {k: params.pop(k) for k in list(params) if k.endswith("sha256") or k == "digest"}
-        flat: dict[str, str] = {}
-        for k, v in checks.items():
-            for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)]):
-                flat[kk] = str(vv)[:16] if vv else "unverified"
-        s, dev = latency.get(m["name"], (None, None))
+    for (name, config), m in sorted(method_infos.items()):
+        flat = _checksums(m.get("params", {}))
+        params = {k: v for k, v in m.get("params", {}).items()
+                  if k != "reproduce" and not (k.endswith("sha256") or k == "digest")}
+        reproduce = m.get("params", {}).get("reproduce")
+        s, dev = latency.get((name, config), (None, None))
         cards.append({"name": m["name"], "version": m["version"], "reference": m.get("reference", ""),
                       "licence": m.get("licence") or ("see the reference" if m["name"] in imported else "not recorded"),
                       "checksums": flat, "params": params, "s_per_image": s, "device": dev, "reproduce": reproduce,
