@@ -5,7 +5,7 @@ match the content's and its Gram matrices at ``relu1_1``–``relu5_1`` match the
 registry backbone (``sxbench weights fetch vgg19``). Adam optimises a batch at once (per-image losses are
 independent); L-BFGS, as in the paper, runs one image at a time.
 
-``preset="fast"`` (the default: 40 Adam steps at 128 px, about 4 s per image on 2 CPU cores) keeps a benchmark
+``preset="fast"`` (the default: 40 Adam steps at 128 px, about 6 s per image on 2 CPU cores) keeps a benchmark
 run on a CPU within budget;
 ``preset="quality"`` (300 L-BFGS iterations at 512 px) is for real use on a GPU. Any of ``iterations``,
 ``resolution``, ``optimizer``, ``lr``, ``style_weight`` overrides the preset.
