@@ -20,6 +20,7 @@ some of its texture; see the method card's numbers.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -35,6 +36,8 @@ from torch import nn
 
 from sxbench.imageio import to_tensor
 from sxbench.interfaces import Method
+
+logger = logging.getLogger(__name__)
 
 ENCODER_LAYER = "relu4_1"
 """The paper's encoder layer; ``relu3_1`` (a shallower encoder, easier to invert) is the other choice."""
@@ -321,13 +324,13 @@ def train(cfg: TrainConfig) -> Path:
         dec.load_state_dict({k[4:]: v for k, v in load_file(str(state_path)).items() if k.startswith("dec.")})
         opt.load_state_dict(torch.load(out / f"optimizer-{step}.pt", weights_only=True))
         log = [r for r in json.loads(log_path.read_text()) if r["step"] <= step] if log_path.is_file() else []
-        print(f"resuming adain decoder training at step {step}")
+        logger.info("resuming adain decoder training at step %d", step)
 
     t0 = time.perf_counter()
     photo_c, photo_s = _skimage_images()
     synth_c, synth_s = _synth_images(cfg)
-    print(f"training data: {len(photo_c)} photos + {len(synth_c)} synth scenes as contents, "
-          f"{len(photo_s)} pictures + {len(synth_s)} synth styles as styles ({time.perf_counter() - t0:.0f} s)")
+    logger.info("training data: %d photos + %d synth scenes as contents, %d pictures + %d synth styles as styles "
+                "(%.0f s)", len(photo_c), len(synth_c), len(photo_s), len(synth_s), time.perf_counter() - t0)
     if step == 0:
         dec.set_scales(channel_means(vgg, photo_c + photo_s, cfg.resolution, cfg.device, dec.style_layers))
     pools = ((photo_c, synth_c), (photo_s, synth_s))

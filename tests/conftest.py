@@ -52,6 +52,27 @@ def odd_folder(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     return root, write_odd_images(root)
 
 
+def write_tiny_inception(root: Path, channels: int = 32, stride: int = 4) -> Path:
+    """``root/inception/default_1.pt``: a small TorchScript module with the FID Inception's interface
+    (299² → 2048), read by the real loader."""
+    import torch
+
+    class TinyInception(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, channels, 7, stride=stride)
+            self.fc = torch.nn.Linear(channels * 4, 2048)
+
+        def forward(self, x):
+            h = torch.relu(self.conv(x))
+            return torch.relu(self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)))
+
+    torch.manual_seed(0)
+    (root / "inception").mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception" / "default_1.pt"))
+    return root
+
+
 def write_tiny_weights(root: Path) -> Path:
     """A weights folder with random-weight backbones in the stored formats the loaders read (offline).
 
@@ -78,19 +99,7 @@ def write_tiny_weights(root: Path) -> Path:
     torch.save(raw, root / "vgg19" / "source_q.bin")
     weights._convert_vgg19(root / "vgg19" / "source_q.bin", root / "vgg19" / "model.safetensors")
 
-    class TinyInception(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 32, 7, stride=4)
-            self.fc = torch.nn.Linear(32 * 4, 2048)
-
-        def forward(self, x):
-            h = torch.relu(self.conv(x))
-            return torch.relu(self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)))
-
-    torch.manual_seed(0)
-    (root / "inception").mkdir(exist_ok=True)
-    torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception" / "default_1.pt"))
+    write_tiny_inception(root)
 
     from transformers import Dinov2Model
 

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from baselines.reinhard import Reinhard
+from conftest import write_tiny_inception
 from sxbench import registry
 from sxbench.cli import main
 from sxbench.imported import TASK_COLUMNS
@@ -67,30 +68,10 @@ def test_tasks_list_the_protocol_with_its_exact_inputs(tasks_csv):
             assert np.array_equal(got, want), (kind, r[f"{kind}_id"])  # pixel for pixel what methods receive
 
 
-def write_tiny_inception(root: Path) -> Path:
-    """A weights folder holding only a small TorchScript module with the FID Inception's interface (299² → 2048),
-    read by the real loader, so the set metrics (fid, kid) run without the registry weights."""
-    import torch
-
-    class TinyInception(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(3, 16, 7, stride=8)
-            self.fc = torch.nn.Linear(16 * 4, 2048)
-
-        def forward(self, x):
-            h = torch.relu(self.conv(x))
-            return torch.relu(self.fc(torch.nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)))
-
-    torch.manual_seed(0)
-    (root / "inception").mkdir(parents=True)
-    torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception" / "default_1.pt"))
-    return root
-
-
 def test_import_round_trip_equals_native_run(tmp_path, capsys):
     native, imp, tasks_csv = tmp_path / "native", tmp_path / "imported", tmp_path / "t" / "tasks.csv"
-    weights = str(write_tiny_inception(tmp_path / "weights"))
+    # only the Inception (fid, kid), small: the full tiny_weights set takes 16 s to build
+    weights = str(write_tiny_inception(tmp_path / "weights", channels=16, stride=8))
     common = ["--protocol", "synth-smoke", "--seeds", "0,1", "--no-progress", "--weights-dir", weights,
               "--metrics", ",".join(sorted(WEIGHT_FREE | {"fid", "kid"}))]  # 16 samples: enough for set metrics
     rc, _, _ = sx(capsys, "run", "--methods", "reinhard", "--out", str(native), *common)

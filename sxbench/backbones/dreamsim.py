@@ -33,7 +33,6 @@ metadata ``config`` (JSON: heads per tower) plus provenance. ``convert_release``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sxbench.backbones.models import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor
+from sxbench.weights import sha256
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -292,14 +292,6 @@ def _member(zf: zipfile.ZipFile, name: str) -> str:
     return min(hits, key=len)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_release(zip_path: Path, dino_path: Path, dst: Path) -> None:
     """Release zip + DINO backbone → one safetensors file with the LoRA merged (see the module docstring)."""
     from safetensors.torch import load_file, save_file
@@ -339,5 +331,5 @@ def convert_release(zip_path: Path, dino_path: Path, dst: Path) -> None:
     save_file(out, str(dst), metadata={
         "format": FORMAT, "config": json.dumps(config), "lora_scaling": repr(scaling),
         "lora_r": str(adapter_config["r"]), "lora_alpha": str(adapter_config["lora_alpha"]),
-        "source_zip": Path(zip_path).name, "source_zip_sha256": _file_sha256(Path(zip_path)),
-        "source_dino": Path(dino_path).name, "source_dino_sha256": _file_sha256(Path(dino_path))})
+        "source_zip": Path(zip_path).name, "source_zip_sha256": sha256(Path(zip_path)),
+        "source_dino": Path(dino_path).name, "source_dino_sha256": sha256(Path(dino_path))})

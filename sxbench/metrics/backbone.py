@@ -112,18 +112,22 @@ class VGGGramStyle(BackboneMetric):
         return total / 1e5
 
 
-class STLPIPSContent(BackboneMetric):
+class ContentDistance(BackboneMetric):
+    """A metric whose extractor is a pairwise distance (``distance(x, y)``: the LPIPS family), output vs content."""
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = _need(content, "content", self.info.name)
+        dev = next(self.extractor.parameters()).device
+        return self.extractor.distance(output.to(dev), ref.to(dev)).float()
+
+
+class STLPIPSContent(ContentDistance):
     backbone_name = "stlpips-alex"
     info = MetricInfo(
         "stlpips_content", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="stlpips-alex",
         description="Shift-tolerant LPIPS (AlexNet, vST0.0) between output and content at the protocol resolution: "
                     "perceptual distance that ignores small shifts.",
     )
-
-    def score(self, output, *, content=None, style=None, target=None, keys=None):
-        ref = _need(content, "content", self.info.name)
-        dev = next(self.extractor.parameters()).device
-        return self.extractor.distance(output.to(dev), ref.to(dev)).float()
 
 
 class STLPIPSContentVGG(STLPIPSContent):

@@ -3,23 +3,18 @@ and VGG-16 trunks (backbones ``lpips-alex`` and ``lpips-vgg``; see ``sxbench.bac
 
 from __future__ import annotations
 
-from sxbench.metrics.backbone import BackboneMetric
-from sxbench.metrics.image import INF, _need
+from sxbench.metrics.backbone import ContentDistance
+from sxbench.metrics.image import INF
 from sxbench.records import MetricInfo
 
 
-class LPIPSContent(BackboneMetric):
+class LPIPSContent(ContentDistance):
     backbone_name = "lpips-alex"
     info = MetricInfo(
         "lpips_content", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="lpips-alex",
         description="LPIPS v0.1 (AlexNet, torchvision ImageNet trunk) between output and content at the protocol "
                     "resolution: inputs [0, 1] → [-1, 1], the lpips package's model exactly.",
     )
-
-    def score(self, output, *, content=None, style=None, target=None, keys=None):
-        ref = _need(content, "content", self.info.name)
-        dev = next(self.extractor.parameters()).device
-        return self.extractor.distance(output.to(dev), ref.to(dev)).float()
 
 
 class LPIPSContentVGG(LPIPSContent):
