@@ -12,9 +12,14 @@ that reproduces it).
 
 Where this departs from the paper, to train within 30 minutes on a 2-core CPU (the paper: 160k iterations at
 512² on a GPU): the default encoder layer is ``relu3_1`` (``relu4_1``, the paper's, is ``--layer relu4_1``),
-training runs at 64² for 1000 steps with style weight λ = 2 (paper: 10), the decoder has half the paper's
-channels and ends in a sigmoid. The result is a weak decoder: blurry, with the style's colour statistics and
-some of its texture; see the method card's numbers.
+training runs at 64² for 1200 steps, the decoder has half the paper's channels and ends in a sigmoid, and
+style weight λ = 2 (paper: 10). Two additions make so short a run train at all: a warm-up of 400 steps that
+teaches the decoder to invert the encoder (pixel L1 plus the feature loss at the encoder layer; without it the
+AdaIN losses alone left a decoder that put out a flat pinkish wash after 1000 steps), and that reconstruction
+loss kept at weight 1 during the AdaIN phase (as SANet's identity loss: α = 0 gives the content back), with the
+gradient norm clipped at 1. Measured on 30 synth pairs (texture / material / stroke), ``style_gram``: the
+decoder without the warm-up 0.99 / 0.76 / 1.72, with it 0.65 / 0.37 / 1.18 (``reinhard``: 0.65 / 0.49 / 1.58).
+It is still a weak decoder: blurry, with part of the style's colours and little of its fine texture.
 """
 
 from __future__ import annotations
@@ -185,11 +190,20 @@ class AdaIN(Method):
 @dataclass
 class TrainConfig:
     out: Path
-    steps: int = 1000
+    steps: int = 1200
+    """All steps, the reconstruction warm-up's included."""
+    warmup_steps: int = 400
+    """Steps that train the decoder to invert the encoder (pixel L1 + feature loss) before the AdaIN losses."""
     batch_size: int = 8
     resolution: int = 64
-    lr: float = 5e-4
+    warmup_lr: float = 1e-3
+    lr: float = 2e-4
+    """Peak learning rate of the AdaIN phase (cosine decay to 0 over it)."""
     style_weight: float = 2.0
+    identity_weight: float = 1.0
+    """Weight of the reconstruction loss kept during the AdaIN phase (decoding the content's own features
+    gives the content back: α = 0 stays the identity)."""
+    grad_clip: float = 1.0
     width: float = 0.5
     layer: str = "relu3_1"
     n_synth_contents: int = 600
@@ -296,6 +310,33 @@ def losses(vgg, decoder: Decoder, content: torch.Tensor, style: torch.Tensor,
     return loss_c, style_weight * loss_s
 
 
+def reconstruction_loss(vgg, decoder: Decoder, content: torch.Tensor) -> torch.Tensor:
+    """Decoding the content's own features gives the content back: pixel L1 plus the feature MSE at the
+    encoder layer."""
+    enc = decoder.normalise
+    with torch.no_grad():
+        fc = enc(vgg.layers(content, (decoder.layer,), resize=False))[decoder.layer]
+    out = decoder(fc)
+    fo = enc(vgg.layers(out, (decoder.layer,), resize=False))[decoder.layer]
+    return F.l1_loss(out, content) + F.mse_loss(fo, fc)
+
+
+def _step_loss(cfg: "TrainConfig", step: int, vgg, dec: Decoder, c: torch.Tensor,
+               s: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], float]:
+    """Loss, its logged parts and the learning rate of one step (a function of the step alone)."""
+    if step < cfg.warmup_steps:
+        rec = reconstruction_loss(vgg, dec, c)
+        return rec, {"reconstruction": rec.item(), "content": 0.0, "style": 0.0}, cfg.warmup_lr
+    loss_c, loss_s = losses(vgg, dec, c, s, cfg.style_weight)
+    loss, parts = loss_c + loss_s, {"content": loss_c.item(), "style": loss_s.item(), "reconstruction": 0.0}
+    if cfg.identity_weight:
+        rec = reconstruction_loss(vgg, dec, c)
+        loss = loss + cfg.identity_weight * rec
+        parts["reconstruction"] = rec.item()
+    k, n = step - cfg.warmup_steps, max(1, cfg.steps - cfg.warmup_steps)
+    return loss, parts, cfg.lr * 0.5 * (1 + math.cos(math.pi * k / n))
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train the decoder; resumable from ``cfg.out/state.safetensors`` (written every ``checkpoint_every``
     steps), deterministic for a seed on one device. Returns the folder of the final decoder."""
@@ -345,16 +386,18 @@ def train(cfg: TrainConfig) -> Path:
         rng = np.random.default_rng([cfg.seed, step])  # batch of step s is the same whether resumed or not
         c = torch.stack([draw(pools[0], cfg.photo_fraction, rng) for _ in range(cfg.batch_size)])
         s = torch.stack([draw(pools[1], cfg.photo_style_fraction, rng) for _ in range(cfg.batch_size)])
-        loss_c, loss_s = losses(vgg, dec, c.to(cfg.device), s.to(cfg.device), cfg.style_weight)
-        for g in opt.param_groups:  # cosine decay, a function of the step alone (resumes exactly)
-            g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        loss, parts, lr = _step_loss(cfg, step, vgg, dec, c.to(cfg.device), s.to(cfg.device))
+        for g in opt.param_groups:  # a function of the step alone (resumes exactly)
+            g["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        (loss_c + loss_s).backward()
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(dec.parameters(), cfg.grad_clip)
         opt.step()
         step += 1
-        log.append({"step": step, "content": loss_c.item(), "style": loss_s.item()})
+        log.append({"step": step, **parts})
         bar.update(1)
-        bar.set_postfix(content=f"{log[-1]['content']:.3g}", style=f"{log[-1]['style']:.3g}")
+        bar.set_postfix({k: f"{v:.3g}" for k, v in parts.items() if v})
         if step % cfg.checkpoint_every == 0 or step in (cfg.steps, cfg.stop_at):
             # optimizer and log first, the state (which names the step) last: a kill anywhere leaves a
             # consistent step to resume from
@@ -382,7 +425,7 @@ def train(cfg: TrainConfig) -> Path:
 def write_curve(log: list[dict[str, float]], path: Path) -> None:
     """The loss log in the report's training-curve format (``{"stage", "history": [{"step", "loss", ...}]}``)."""
     path.write_text(json.dumps({"stage": "adain decoder", "history": [
-        {**r, "loss": r["content"] + r["style"]} for r in log]}))
+        {**r, "loss": r["content"] + r["style"] + r.get("reconstruction", 0.0)} for r in log]}))
 
 
 def install(folder: Path, dest: Path = PACKAGED) -> Path:

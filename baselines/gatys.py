@@ -1,7 +1,13 @@
 """``gatys``: neural style transfer by optimisation (Gatys, Ecker & Bethge, CVPR 2016).
 
-The output's pixels are optimised, starting from the content image, so that its VGG-19 ``relu4_2`` features
-match the content's and its Gram matrices at ``relu1_1``–``relu5_1`` match the style's. The VGG-19 is the
+The output's pixels are optimised so that its VGG-19 ``relu4_2`` features match the content's and its Gram
+matrices at ``relu1_1``–``relu5_1`` match the style's. The optimisation starts from the content with the style's
+colour statistics (Reinhard et al.'s Lab mean/std transfer, ``init="reinhard"``, the default) or from the content
+itself (``init="content"``, the paper's choice for its content-preserving results). With a short optimisation, as
+the fast preset's, starting from the content leaves the content's colours nearly untouched (the Gram loss moves
+colour slowly), which the colour terms of the style metrics punish; starting colour-matched leaves the optimisation
+the texture to do. Measured on 30 synth pairs (texture, material, stroke), ``style_gram``: content start 0.60 /
+0.57 / 0.74, reinhard start 0.44 / 0.25 / 0.64 (``reinhard`` itself: 0.65 / 0.49 / 1.58). The VGG-19 is the
 registry backbone (``sxbench weights fetch vgg19``). Adam optimises a batch at once (per-image losses are
 independent); L-BFGS, as in the paper, runs one image at a time.
 
@@ -25,6 +31,7 @@ from sxbench.interfaces import Method
 
 CONTENT_LAYER = "relu4_2"
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+INITS = ("reinhard", "content")
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"iterations": 40, "resolution": 128, "optimizer": "adam", "lr": 0.06, "style_weight": 3e3},
     "quality": {"iterations": 300, "resolution": 512, "optimizer": "lbfgs", "lr": 1.0, "style_weight": 3e3},
@@ -44,7 +51,7 @@ class Gatys(Method):
 
     def __init__(self, *, device: str | torch.device = "cpu", preset: str = "fast", iterations: int | None = None,
                  resolution: int | None = None, optimizer: str | None = None, lr: float | None = None,
-                 style_weight: float | None = None, weights_dir: str | None = None) -> None:
+                 style_weight: float | None = None, init: str = "reinhard", weights_dir: str | None = None) -> None:
         from sxbench.backbones.models import load_extractor
 
         if preset not in PRESETS:
@@ -54,11 +61,13 @@ class Gatys(Method):
                      ("style_weight", style_weight)):
             if v is not None:
                 p[k] = v
+        if init not in INITS:
+            raise ValueError(f"gatys: init must be one of {', '.join(INITS)}, not {init!r}")
         if p["optimizer"] not in ("adam", "lbfgs"):
             raise ValueError(f"gatys: optimizer must be 'adam' or 'lbfgs', not {p['optimizer']!r}")
         self.vgg = load_extractor("vgg19", device, Path(weights_dir) if weights_dir else None)
         super().__init__(device=device, preset=preset, iterations=int(p["iterations"]), resolution=int(p["resolution"]),
-                         optimizer=p["optimizer"], lr=float(p["lr"]), style_weight=float(p["style_weight"]),
+                         optimizer=p["optimizer"], lr=float(p["lr"]), style_weight=float(p["style_weight"]), init=init,
                          encoder_sha256=self.vgg.weights_sha256)
 
     def _features(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -83,22 +92,30 @@ class Gatys(Method):
         c = to_tensor(list(contents)).to(self.device)
         size = c.shape[-2:]
         c = self._resize(c, res)
+        s = [self._resize(to_tensor([x]).to(self.device), res) for x in styles]
         with torch.no_grad():
             cf = self._features(c, (CONTENT_LAYER,))[CONTENT_LAYER]
-            grams = [{n: gram(v) for n, v in self._features(self._resize(to_tensor([s]).to(self.device), res),
-                                                              STYLE_LAYERS).items()} for s in styles]
+            grams = [{n: gram(v) for n, v in self._features(x, STYLE_LAYERS).items()} for x in s]
             sg = {n: torch.cat([g[n] for g in grams]) for n in STYLE_LAYERS}
+        x0 = c if p["init"] == "content" else torch.stack([self._colour_matched(ci, si[0]) for ci, si in zip(c, s)])
         if p["optimizer"] == "adam":
-            out = self._adam(c, cf, sg)
+            out = self._adam(x0, cf, sg)
         else:
-            out = torch.cat([self._lbfgs(c[i : i + 1], cf[i : i + 1], {n: v[i : i + 1] for n, v in sg.items()})
+            out = torch.cat([self._lbfgs(x0[i : i + 1], cf[i : i + 1], {n: v[i : i + 1] for n, v in sg.items()})
                              for i in range(len(c))])
         if out.shape[-2:] != size:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False, antialias=True)
         return list(out.clamp(0, 1).cpu())
 
-    def _adam(self, c: torch.Tensor, cf: torch.Tensor, sg: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = c.clone().requires_grad_(True)
+    def _colour_matched(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        """``(3, H, W)`` content with the style's Lab mean and standard deviation (``reinhard``'s transfer)."""
+        from baselines.reinhard import reinhard_transfer
+
+        arr = reinhard_transfer(content.permute(1, 2, 0).double().cpu().numpy(), style.permute(1, 2, 0).double().cpu().numpy())
+        return torch.from_numpy(arr).permute(2, 0, 1).to(content)
+
+    def _adam(self, x0: torch.Tensor, cf: torch.Tensor, sg: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = x0.clone().requires_grad_(True)
         opt = torch.optim.Adam([x], lr=self.params["lr"])
         for _ in range(self.params["iterations"]):
             opt.zero_grad(set_to_none=True)
@@ -108,8 +125,8 @@ class Gatys(Method):
                 x.clamp_(0, 1)
         return x.detach()
 
-    def _lbfgs(self, c: torch.Tensor, cf: torch.Tensor, sg: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = c.clone().requires_grad_(True)
+    def _lbfgs(self, x0: torch.Tensor, cf: torch.Tensor, sg: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = x0.clone().requires_grad_(True)
         n = self.params["iterations"]
         opt = torch.optim.LBFGS([x], lr=self.params["lr"], max_iter=n, max_eval=2 * n, history_size=50,
                                 line_search_fn="strong_wolfe")
@@ -127,4 +144,4 @@ class Gatys(Method):
         return x.detach().clamp(0, 1)
 
 
-__all__ = ["Gatys", "PRESETS", "gram"]
+__all__ = ["Gatys", "INITS", "PRESETS", "gram"]
