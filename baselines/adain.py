@@ -18,7 +18,8 @@ teaches the decoder to invert the encoder (pixel L1 plus the feature loss at the
 AdaIN losses alone left a decoder that put out a flat pinkish wash after 1000 steps), and that reconstruction
 loss kept at weight 1 during the AdaIN phase (as SANet's identity loss: α = 0 gives the content back), with the
 gradient norm clipped at 1. Measured on 30 synth pairs (texture / material / stroke), ``style_gram``: the
-decoder without the warm-up 0.99 / 0.76 / 1.72, with it 0.65 / 0.37 / 1.18 (``reinhard``: 0.65 / 0.49 / 1.58).
+decoder without the warm-up 0.99 / 0.76 / 1.72, the committed one (with it) 0.64 / 0.32 / 1.05 (``reinhard``: 0.65 /
+0.49 / 1.58); the full synth protocol's numbers are in ``benchmarks/neural_baselines.md``.
 It is still a weak decoder: blurry, with part of the style's colours and little of its fine texture.
 """
 
