@@ -338,6 +338,16 @@ def _step_loss(cfg: "TrainConfig", step: int, vgg, dec: Decoder, c: torch.Tensor
     return loss, parts, cfg.lr * 0.5 * (1 + math.cos(math.pi * k / n))
 
 
+RESUME_KEYS = ("layer", "width", "resolution", "batch_size", "warmup_steps", "warmup_lr", "lr", "style_weight",
+               "identity_weight", "grad_clip", "seed")
+"""Options a resumed run must share with the state it resumes (``steps`` may change: the learning rate from the
+resumed step on follows the new total)."""
+
+
+def _resume_key(cfg: TrainConfig) -> dict[str, str]:
+    return {k: str(getattr(cfg, k)) for k in RESUME_KEYS}
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train the decoder; resumable from ``cfg.out/state.safetensors`` (written every ``checkpoint_every``
     steps), deterministic for a seed on one device. Returns the folder of the final decoder."""
@@ -357,8 +367,8 @@ def train(cfg: TrainConfig) -> Path:
 
         with safe_open(str(state_path), "pt") as f:
             meta = f.metadata() or {}
-        trained = {k: meta.get(k) for k in ("layer", "width", "resolution")}
-        wanted = {"layer": cfg.layer, "width": str(cfg.width), "resolution": str(cfg.resolution)}
+        wanted = _resume_key(cfg)
+        trained = {k: meta.get(k) for k in wanted}
         if trained != wanted:
             raise ValueError(f"{state_path}: a run with {trained}, not {wanted}; pass the same options to resume it, "
                              "or another --out to start a new one")
@@ -407,8 +417,7 @@ def train(cfg: TrainConfig) -> Path:
             os.replace(log_path.with_suffix(".tmp"), log_path)
             tmp = out / "state.safetensors.tmp"
             save_file({f"dec.{k}": v.contiguous().cpu() for k, v in dec.state_dict().items()}, str(tmp),
-                      metadata={"step": str(step), "layer": cfg.layer, "width": str(cfg.width),
-                                "resolution": str(cfg.resolution)})
+                      metadata={"step": str(step), **_resume_key(cfg)})
             os.replace(tmp, state_path)
             for old in out.glob("optimizer-*.pt"):
                 if old.name != f"optimizer-{step}.pt":

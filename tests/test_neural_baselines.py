@@ -168,6 +168,8 @@ def test_adain_resume_with_other_options_names_the_state_file(tiny_weights, tmp_
     _train(tmp_path / "r", 4, tiny_weights, stop_at=1)
     with pytest.raises(ValueError, match=r"state\.safetensors.*another --out"):
         _train(tmp_path / "r", 4, tiny_weights, layer="relu4_1")
+    with pytest.raises(ValueError, match=r"'identity_weight': '1\.0'.*'identity_weight': '0\.0'"):
+        _train(tmp_path / "r", 4, tiny_weights, identity_weight=0.0)
 
 
 def test_method_cards_list_every_checksum():
