@@ -292,12 +292,19 @@ def channel_means(vgg, images: Sequence[np.ndarray], resolution: int, device: st
     return {k: (v / len(images)).clamp_min(1.0) for k, v in sums.items()}
 
 
-def losses(vgg, decoder: Decoder, content: torch.Tensor, style: torch.Tensor,
-           style_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's content and style losses for one batch."""
+@torch.no_grad()
+def content_features(vgg, decoder: Decoder, content: torch.Tensor) -> torch.Tensor:
+    """The normalised encoder-layer features of ``content`` (no gradient: the encoder is fixed)."""
+    return decoder.normalise(vgg.layers(content, (decoder.layer,), resize=False))[decoder.layer]
+
+
+def losses(vgg, decoder: Decoder, content: torch.Tensor, style: torch.Tensor, style_weight: float,
+           fc: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's content and style losses for one batch (``fc``: ``content_features`` when already computed)."""
     enc = decoder.normalise
+    if fc is None:
+        fc = content_features(vgg, decoder, content)
     with torch.no_grad():
-        fc = enc(vgg.layers(content, (decoder.layer,), resize=False))[decoder.layer]
         fs = enc(vgg.layers(style, decoder.style_layers, resize=False))
         t = adain(fc, fs[decoder.layer])
     out = decoder(t)
@@ -311,27 +318,27 @@ def losses(vgg, decoder: Decoder, content: torch.Tensor, style: torch.Tensor,
     return loss_c, style_weight * loss_s
 
 
-def reconstruction_loss(vgg, decoder: Decoder, content: torch.Tensor) -> torch.Tensor:
+def reconstruction_loss(vgg, decoder: Decoder, content: torch.Tensor, fc: torch.Tensor | None = None) -> torch.Tensor:
     """Decoding the content's own features gives the content back: pixel L1 plus the feature MSE at the
-    encoder layer."""
-    enc = decoder.normalise
-    with torch.no_grad():
-        fc = enc(vgg.layers(content, (decoder.layer,), resize=False))[decoder.layer]
+    encoder layer (``fc``: ``content_features`` when already computed)."""
+    if fc is None:
+        fc = content_features(vgg, decoder, content)
     out = decoder(fc)
-    fo = enc(vgg.layers(out, (decoder.layer,), resize=False))[decoder.layer]
+    fo = decoder.normalise(vgg.layers(out, (decoder.layer,), resize=False))[decoder.layer]
     return F.l1_loss(out, content) + F.mse_loss(fo, fc)
 
 
-def _step_loss(cfg: "TrainConfig", step: int, vgg, dec: Decoder, c: torch.Tensor,
+def _step_loss(cfg: TrainConfig, step: int, vgg, dec: Decoder, c: torch.Tensor,
                s: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], float]:
     """Loss, its logged parts and the learning rate of one step (a function of the step alone)."""
+    fc = content_features(vgg, dec, c)  # once: both losses of the AdaIN phase read it
     if step < cfg.warmup_steps:
-        rec = reconstruction_loss(vgg, dec, c)
+        rec = reconstruction_loss(vgg, dec, c, fc)
         return rec, {"reconstruction": rec.item(), "content": 0.0, "style": 0.0}, cfg.warmup_lr
-    loss_c, loss_s = losses(vgg, dec, c, s, cfg.style_weight)
+    loss_c, loss_s = losses(vgg, dec, c, s, cfg.style_weight, fc)
     loss, parts = loss_c + loss_s, {"content": loss_c.item(), "style": loss_s.item(), "reconstruction": 0.0}
     if cfg.identity_weight:
-        rec = reconstruction_loss(vgg, dec, c)
+        rec = reconstruction_loss(vgg, dec, c, fc)
         loss = loss + cfg.identity_weight * rec
         parts["reconstruction"] = rec.item()
     k, n = step - cfg.warmup_steps, max(1, cfg.steps - cfg.warmup_steps)

@@ -321,19 +321,15 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     return out
 
 
-def _checksums(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Every ``*sha256`` / ``digest`` value in ``params``, at any depth, keyed by its dotted path."""
+def _checksums(params: dict[str, Any], prefix: str = "", listed: bool = False) -> dict[str, str]:
+    """Every ``*sha256`` / ``digest`` value in ``params``, at any depth, keyed by its dotted path; every value of a
+    dict whose key ends in ``sha256`` (``{backbone: sha256}``) is ``listed``. Empty ones read "unverified"."""
     out: dict[str, str] = {}
     for k, v in params.items():
         path = f"{prefix}{k}"
         if isinstance(v, dict):
-            if k.endswith("sha256"):  # {backbone: sha256}
-                out |= {f"{path}.{kk}": str(vv)[:16] if vv else "unverified" for kk, vv in v.items()
-                        if not isinstance(vv, dict)}
-            out |= _checksums({kk: vv for kk, vv in v.items() if isinstance(vv, dict)}, f"{path}.")
-            out |= {f"{path}.{kk}": str(vv)[:16] for kk, vv in v.items()
-                    if not isinstance(vv, dict) and (kk.endswith("sha256") or kk == "digest") and not k.endswith("sha256")}
-        elif k.endswith("sha256") or k == "digest":
+            out |= _checksums(v, f"{path}.", k.endswith("sha256"))
+        elif listed or k.endswith("sha256") or k == "digest":
             out[path] = str(v)[:16] if v else "unverified"
     return out
 
