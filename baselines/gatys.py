@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from baselines.reinhard import reinhard_tensor
 from sxbench.imageio import to_tensor
 from sxbench.interfaces import Method
 
@@ -97,7 +98,7 @@ class Gatys(Method):
             cf = self._features(c, (CONTENT_LAYER,))[CONTENT_LAYER]
             grams = [{n: gram(v) for n, v in self._features(x, STYLE_LAYERS).items()} for x in s]
             sg = {n: torch.cat([g[n] for g in grams]) for n in STYLE_LAYERS}
-        x0 = c if p["init"] == "content" else torch.stack([self._colour_matched(ci, si[0]) for ci, si in zip(c, s)])
+        x0 = c if p["init"] == "content" else torch.stack([reinhard_tensor(ci, si[0]) for ci, si in zip(c, s)])
         if p["optimizer"] == "adam":
             out = self._adam(x0, cf, sg)
         else:
@@ -106,13 +107,6 @@ class Gatys(Method):
         if out.shape[-2:] != size:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False, antialias=True)
         return list(out.clamp(0, 1).cpu())
-
-    def _colour_matched(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """``(3, H, W)`` content with the style's Lab mean and standard deviation (``reinhard``'s transfer)."""
-        from baselines.reinhard import reinhard_transfer
-
-        arr = reinhard_transfer(content.permute(1, 2, 0).double().cpu().numpy(), style.permute(1, 2, 0).double().cpu().numpy())
-        return torch.from_numpy(arr).permute(2, 0, 1).to(content)
 
     def _adam(self, x0: torch.Tensor, cf: torch.Tensor, sg: dict[str, torch.Tensor]) -> torch.Tensor:
         x = x0.clone().requires_grad_(True)
