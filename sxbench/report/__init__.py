@@ -24,6 +24,46 @@ GROUP_ORDER = ("fidelity", "style", "detail", "quality", "experts", "efficiency"
 LEVEL_ORDER = ("color", "texture", "material", "stroke", "none")
 
 
+def config_labels(method_infos: dict[tuple[str, str], dict[str, Any]],
+                  present: Sequence[tuple[str, str]] | None = None) -> dict[tuple[str, str], str]:
+    """A row name for each stored method configuration: the method's name where the store holds one configuration
+    of it, else the name with the parameters that tell its configurations apart (``adain (colour=decoder)``), or
+    with the configuration hash where no parameter does. ``present``: the ``(method, config)`` pairs to name
+    (default: all in ``method_infos``); a store keeps the outputs of every configuration it has run, and the
+    report shows them side by side rather than pooled under one name."""
+    keys = sorted(set(present) if present is not None else set(method_infos))
+    by_name: dict[str, list[str]] = {}
+    for name, config in keys:
+        by_name.setdefault(name, []).append(config)
+    labels: dict[tuple[str, str], str] = {}
+    for name, configs in by_name.items():
+        if len(configs) == 1:
+            labels[(name, configs[0])] = name
+            continue
+        params = {c: {k: v for k, v in method_infos.get((name, c), {}).get("params", {}).items() if k != "reproduce"}
+                  for c in configs}
+        keys_ = sorted({k for p in params.values() for k in p})
+        differ = [k for k in keys_ if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params.values()}) > 1]
+        for c in configs:
+            shown = ", ".join(f"{k}={_short(params[c].get(k))}" for k in differ)
+            labels[(name, c)] = f"{name} ({shown})" if shown else f"{name} ({c[:8]})"
+        if len({labels[(name, c)] for c in configs}) < len(configs):  # shortened values collide: the hashes
+            labels.update({(name, c): f"{name} ({c[:8]})" for c in configs})
+    return labels
+
+
+def _short(v: Any, width: int = 16) -> str:
+    text = json.dumps(v, sort_keys=True, default=str) if isinstance(v, (dict, list)) else str(v)
+    return text if len(text) <= width else text[: width - 4] + "…"
+
+
+def _relabel(df: pd.DataFrame, labels: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """``df`` with its ``method`` column replaced by each row's configuration label."""
+    if not len(df) or "method_config" not in df.columns:
+        return df
+    return df.assign(method=[labels.get((m, c), m) for m, c in zip(df.method, df.method_config)])
+
+
 def grid_pairs(pairs: Sequence[PairSpec], n: int = 8) -> list[PairSpec]:
     """Pairs shown in the image grid: the first of each (split, level), in protocol order, at most ``n``."""
     chosen, seen = [], set()
@@ -235,6 +275,10 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         routing = store.routing()
         set_values = store.set_values()
 
+    # one row per stored configuration: a method run with other parameters (or retrained weights) is not pooled
+    labels = config_labels(method_infos, list(samples[["method", "method_config"]].drop_duplicates().itertuples(
+        index=False, name=None)) if len(samples) else [])
+    values, samples, routing, set_values = (_relabel(d, labels) for d in (values, samples, routing, set_values))
     last = runs.iloc[-1] if len(runs) else None
     config = json.loads(last.config) if last is not None else {}
     prov = json.loads(last.provenance) if last is not None else {}
@@ -254,8 +298,9 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
 
     ok = samples[samples.status == "ok"]
     errors = samples[samples.status == "error"]
-    imported = {i["name"]: i.get("provenance", {}) | {"reference": i["reference"], "digest": i["params"].get("digest")}
-                for i in method_infos.values() if i["version"] == IMPORTED_VERSION}  # `sxbench import`
+    imported = {labels.get(k, i["name"]): i.get("provenance", {}) | {"reference": i["reference"],
+                                                                       "digest": i["params"].get("digest")}
+                for k, i in method_infos.items() if i["version"] == IMPORTED_VERSION}  # `sxbench import`
     cost = []
     for (m, mc), d in ok.groupby(["method", "method_config"]):
         if m in imported:  # made outside sxbench: nothing measured
@@ -288,7 +333,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     figures = _figures(values, run_dir / "figures") if len(values) else []
     expert_rows, expert_figs = _expert_section(routing, run_dir / "figures")
     infos = sorted(method_infos.values(), key=lambda m: m["name"])
-    cards = _method_cards(method_infos, cost, imported)
+    cards = _method_cards(method_infos, cost, imported, labels)
     figures += expert_figs + _training_curves(infos, run_dir / "figures")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
@@ -335,7 +380,8 @@ def _checksums(params: dict[str, Any], prefix: str = "", listed: bool = False) -
 
 
 def _method_cards(method_infos: dict[tuple[str, str], dict[str, Any]], cost: list[dict[str, Any]],
-                  imported: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+                  imported: dict[str, dict[str, Any]], labels: dict[tuple[str, str], str] | None = None,
+                  ) -> list[dict[str, Any]]:
     """One card per stored method configuration: reference, licences, weights checksums, parameters, measured
     seconds per image (median over this store's samples of that configuration) and the command that reproduces
     trained weights."""
@@ -346,11 +392,12 @@ def _method_cards(method_infos: dict[tuple[str, str], dict[str, Any]], cost: lis
         params = {k: v for k, v in m.get("params", {}).items()
                   if k != "reproduce" and not (k.endswith("sha256") or k == "digest")}
         reproduce = m.get("params", {}).get("reproduce")
-        s, dev = latency.get((name, config), (None, None))
-        cards.append({"name": m["name"], "version": m["version"], "reference": m.get("reference", ""),
-                      "licence": m.get("licence") or ("see the reference" if m["name"] in imported else "not recorded"),
+        label = (labels or {}).get((name, config), name)
+        s, dev = latency.get((label, config), (None, None))
+        cards.append({"name": label, "version": m["version"], "reference": m.get("reference", ""),
+                      "licence": m.get("licence") or ("see the reference" if label in imported else "not recorded"),
                       "checksums": flat, "params": params, "s_per_image": s, "device": dev, "reproduce": reproduce,
-                      "imported": m["name"] in imported})
+                      "imported": label in imported})
     return cards
 
 
@@ -396,4 +443,4 @@ def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = No
     return out
 
 
-__all__ = ["Cell", "export", "grid_pairs", "leaderboard", "mean_ci", "render"]
+__all__ = ["Cell", "config_labels", "export", "grid_pairs", "leaderboard", "mean_ci", "render"]
