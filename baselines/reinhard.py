@@ -10,6 +10,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 from skimage import color
 
@@ -30,11 +31,9 @@ def reinhard_transfer(content: np.ndarray, style: np.ndarray, strength: float = 
         return np.clip(color.lab2rgb(out), 0, 1)
 
 
-def reinhard_tensor(content: "torch.Tensor", style: "torch.Tensor", strength: float = 1.0) -> "torch.Tensor":
+def reinhard_tensor(content: torch.Tensor, style: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
     """``reinhard_transfer`` on ``(3, H, W)`` tensors (the style may have another size); same dtype and device
     as ``content``. For methods that start from or finish with the style's colour statistics."""
-    import torch
-
     arr = reinhard_transfer(content.detach().permute(1, 2, 0).double().cpu().numpy(),
                             style.detach().permute(1, 2, 0).double().cpu().numpy(), strength)
     return torch.from_numpy(arr).permute(2, 0, 1).to(content)

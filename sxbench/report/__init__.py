@@ -42,8 +42,8 @@ def config_labels(method_infos: dict[tuple[str, str], dict[str, Any]],
             continue
         params = {c: {k: v for k, v in method_infos.get((name, c), {}).get("params", {}).items() if k != "reproduce"}
                   for c in configs}
-        keys_ = sorted({k for p in params.values() for k in p})
-        differ = [k for k in keys_ if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params.values()}) > 1]
+        differ = [k for k in sorted({k for p in params.values() for k in p})
+                  if len({json.dumps(p.get(k), sort_keys=True, default=str) for p in params.values()}) > 1]
         for c in configs:
             shown = ", ".join(f"{k}={_short(params[c].get(k))}" for k in differ)
             labels[(name, c)] = f"{name} ({shown})" if shown else f"{name} ({c[:8]})"
@@ -380,11 +380,10 @@ def _checksums(params: dict[str, Any], prefix: str = "", listed: bool = False) -
 
 
 def _method_cards(method_infos: dict[tuple[str, str], dict[str, Any]], cost: list[dict[str, Any]],
-                  imported: dict[str, dict[str, Any]], labels: dict[tuple[str, str], str] | None = None,
-                  ) -> list[dict[str, Any]]:
-    """One card per stored method configuration: reference, licences, weights checksums, parameters, measured
-    seconds per image (median over this store's samples of that configuration) and the command that reproduces
-    trained weights."""
+                  imported: dict[str, dict[str, Any]], labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+    """One card per stored method configuration (named by ``labels``, from ``config_labels``): reference,
+    licences, weights checksums, parameters, measured seconds per image (median over this store's samples of that
+    configuration) and the command that reproduces trained weights."""
     latency = {(c["method"], c["config"]): (c["latency_ms"] / 1000.0, c["device"]) for c in cost}
     cards = []
     for (name, config), m in sorted(method_infos.items()):
@@ -392,7 +391,7 @@ def _method_cards(method_infos: dict[tuple[str, str], dict[str, Any]], cost: lis
         params = {k: v for k, v in m.get("params", {}).items()
                   if k != "reproduce" and not (k.endswith("sha256") or k == "digest")}
         reproduce = m.get("params", {}).get("reproduce")
-        label = (labels or {}).get((name, config), name)
+        label = labels.get((name, config), name)  # configurations without samples: the plain name
         s, dev = latency.get((label, config), (None, None))
         cards.append({"name": label, "version": m["version"], "reference": m.get("reference", ""),
                       "licence": m.get("licence") or ("see the reference" if label in imported else "not recorded"),
