@@ -126,6 +126,8 @@ REPRODUCE = "sxbench train all --out runs/styleexpert-tiny --install"
 
 def add_train_command(subparsers: Any) -> None:
     """Register ``sxbench train`` (entry point ``sxbench.commands``)."""
+    import argparse
+
     t = subparsers.add_parser("train", help="train StyleExpert: stage 0 (tiny base), 1 (encoder), 2 (adapters), or all; "
                                             "or the adain baseline's decoder")
     t.add_argument("stage", choices=("0", "1", "2", "all", "adain"))
@@ -157,6 +159,8 @@ def add_train_command(subparsers: Any) -> None:
     t.add_argument("--install", action="store_true",
                    help="copy the stage-2 results to styleexpert/checkpoints (the methods' default), base shared")
     t.add_argument("--no-progress", action="store_true")
+    # for tests and split runs: stop each stage at this step with its resumable state saved, as a kill would
+    t.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)
     a = t.add_argument_group("adain (the baseline's decoder; see baselines/adain.py)")
     a.add_argument("--layer", default=None, choices=("relu3_1", "relu4_1"), help="encoder layer (default: the config's)")
     a.add_argument("--style-weight", type=float, default=None)
@@ -187,7 +191,7 @@ def _cmd_train(args: Any) -> int:
     base = train.TrainConfig(out=out, data=data, preset=args.preset, batch_size=args.batch_size, seed=args.seed,
                              device=args.device, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
                              checkpoint_every=args.checkpoint_every, resolution=args.resolution,
-                             progress=not args.no_progress,
+                             progress=not args.no_progress, stop_at=args.stop_at,
                              timestep_sampling="uniform" if args.preset == "tiny" else "logit_normal",
                              flux=_path(args.flux), siglip=_path(args.siglip), prompt_embeds=_path(args.prompt_embeds))
 
@@ -202,13 +206,22 @@ def _cmd_train(args: Any) -> int:
     if full and not args.flux:
         raise ValueError("the full preset trains on FLUX.1-Kontext-dev: pass --flux DIR --siglip DIR --prompt-embeds FILE")
     base_ckpt = out / "base"
+
+    def stopped(result: Path | None) -> bool:
+        if result is None:
+            print(f"stopped at step {args.stop_at} (--stop-at); run the command without it to continue")
+        return result is None
+
     if args.stage in ("0", "all"):
         base_ckpt = train.stage0(cfg(0))
-    if args.stage in ("1", "all"):
-        train.stage1(cfg(1), base_ckpt)
+        if stopped(base_ckpt):
+            return 0
+    if args.stage in ("1", "all") and stopped(train.stage1(cfg(1), base_ckpt)):
+        return 0
     variants = tuple(STAGE2_METHODS) if args.stage == "all" else ((args.variant,) if args.stage == "2" else ())
     for v in variants:
-        train.stage2(cfg(2), v, base_ckpt, out / "encoder")
+        if stopped(train.stage2(cfg(2), v, base_ckpt, out / "encoder")):
+            return 0
     if args.install and int(os.environ.get("RANK", "0")) == 0:
         installed = install_checkpoints(out, variants or tuple(STAGE2_METHODS))
         for p in installed:

@@ -4,9 +4,10 @@ Data is a triplet folder with ``manifest.csv`` (columns ``content, style, target
 paths relative to the folder), as written by ``sxbench data synth``; nothing here generates data.
 
 Every stage is resumable and deterministic: the batch of step ``i`` and its noise depend only on
-``(seed, i)``, and a state file (trainable tensors, optimizer moments, step, loss log) is written every
-``checkpoint_every`` steps and at the end. A killed run started again with the same command continues from
-its last state; a finished stage is skipped.
+``(seed, i)``, and a state file (trainable tensors, optimizer moments, step, loss log, and the options that
+shape the run) is written every ``checkpoint_every`` steps and at the end. A killed run started again with
+the same command continues from its last state; started with other options it stops with an error naming
+the state file; a finished stage is skipped.
 
 Stages:
 
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,6 +86,9 @@ class TrainConfig:
     """This process's index under ``accelerate launch``/``torchrun`` (set by ``distributed``)."""
     world: int = 1
     """Number of processes; each draws its own ``batch_size`` samples and gradients are averaged."""
+    stop_at: int | None = None
+    """Stop at this step with the resumable state saved (as a killed run would), for splitting a run; not the
+    schedule (warm-up and the stage's length follow ``steps``)."""
 
     @property
     def main(self) -> bool:
@@ -179,21 +185,47 @@ def _generic_edit(x: torch.Tensor, g: torch.Generator) -> Callable[[torch.Tensor
 
 
 # --------------------------------------------------------------------------------------- state I/O
+KILL_AT_STEP_ENV = "SXBENCH_KILL_AT_STEP"
+"""Test hook: a process with this variable set to ``N`` SIGKILLs itself right after writing the state of
+step ``N``, so that tests interrupt training at a known point instead of racing a timer."""
+
+
+def _warmup(cfg: TrainConfig) -> int:
+    return max(1, min(100, cfg.steps // 10))
+
+
+def _manifest_digest(data: Path) -> str:
+    return hashlib.sha256((data / "manifest.csv").read_bytes()).hexdigest()[:16]
+
+
+def resume_key(cfg: TrainConfig, model: StyleExpert, **stage: Any) -> dict[str, str]:
+    """The options a resumed stage must share with the state it resumes: everything that changes its model,
+    data, batches, noise, learning rates or numerics. ``model``'s resolved preset stands for ``--preset`` and
+    its overrides (sizes, experts, rank, top-k); the data for the digest of its manifest; ``steps`` counts
+    only through the warm-up it sets. ``checkpoint_every``, ``device`` and progress do not count. ``stage``
+    adds the stage's own options."""
+    key = {"model": json.dumps(model.config, sort_keys=True), "variant": model.variant, "batch_size": cfg.batch_size,
+           "lr": cfg.lr, "seed": cfg.seed, "warmup": _warmup(cfg), "bf16": cfg.bf16, "world": cfg.world,
+           "data": _manifest_digest(cfg.data)} | stage
+    return {k: str(v) for k, v in key.items()}
+
+
 def _save_state(path: Path, step: int, params: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
-                history: list[dict[str, float]]) -> None:
+                history: list[dict[str, float]], options: dict[str, str]) -> None:
     tensors = {f"param.{k}": v.detach().cpu().contiguous() for k, v in params.items()}
     names = list(params)
     for i, st in opt.state_dict()["state"].items():
         for key, val in st.items():
             tensors[f"opt.{names[i]}.{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
-    meta = {"step": step, "history": history, "param_groups": opt.state_dict()["param_groups"]}
+    meta = {"step": step, "history": history, "param_groups": opt.state_dict()["param_groups"], "options": options}
     tmp = path.with_suffix(".safetensors.tmp")
     # step, loss log and tensors in one file replaced atomically: a kill can never pair them wrongly
     save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
     tmp.replace(path.with_suffix(".safetensors"))
 
 
-def _load_state(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer) -> tuple[int, list]:
+def _load_state(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
+                options: dict[str, str]) -> tuple[int, list]:
     file = path.with_suffix(".safetensors")
     if not file.is_file():
         return 0, []
@@ -201,6 +233,14 @@ def _load_state(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.op
         header = f.metadata() or {}
     legacy = path.with_suffix(".json")  # states written before the loss log moved into the file
     meta = json.loads(header["state"] if "state" in header else legacy.read_text())
+    trained = meta.get("options")
+    if trained is None:  # written before the options were recorded
+        log.warning("%s: records no training options; resuming it as if they were the same", file)
+    elif trained != options:
+        diff = {k: (trained.get(k), options.get(k)) for k in sorted(set(trained) | set(options))
+                if trained.get(k) != options.get(k)}
+        raise ValueError(f"{file}: a run with other options, (state, now): {diff}; pass the same options to resume "
+                         f"it, or another --out (or delete {file.parent}) to start a new one")
     tensors = load_file(str(file))
     names = list(params)
     with torch.no_grad():
@@ -216,8 +256,12 @@ def _load_state(path: Path, params: dict[str, torch.nn.Parameter], opt: torch.op
 
 
 def _loop(cfg: TrainConfig, name: str, params: dict[str, torch.nn.Parameter],
-          loss_fn: Callable[[int, torch.Generator], torch.Tensor], lr: float) -> list[dict[str, float]]:
-    """The shared training loop: AdamW, linear warm-up, resumable state under ``out/<name>/state``."""
+          loss_fn: Callable[[int, torch.Generator], torch.Tensor], lr: float, options: dict[str, str]) -> bool:
+    """The shared training loop: AdamW, linear warm-up, resumable state under ``out/<name>/state``.
+
+    ``options`` (``resume_key``) are recorded in the state; resuming a state with other options raises.
+    Returns whether the stage finished (False: stopped at ``cfg.stop_at``, its state saved).
+    """
     from tqdm.auto import tqdm
 
     folder = cfg.out / name
@@ -226,13 +270,15 @@ def _loop(cfg: TrainConfig, name: str, params: dict[str, torch.nn.Parameter],
     _barrier(cfg)
     opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
     state = folder / "state"
-    step, history = _load_state(state, params, opt)
+    step, history = _load_state(state, params, opt, options)
     if step:
         log.info("%s: resuming from step %d", name, step)
-    warmup = max(1, min(100, cfg.steps // 10))
+    warmup = _warmup(cfg)
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at is not None else cfg.steps
+    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
     bar = tqdm(total=cfg.steps, initial=step, desc=name, disable=not cfg.progress or not cfg.main)
     t0 = time.perf_counter()
-    while step < cfg.steps:
+    while step < end:
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + (cfg.rank << 40))
@@ -252,14 +298,21 @@ def _loop(cfg: TrainConfig, name: str, params: dict[str, torch.nn.Parameter],
                         "seconds": time.perf_counter() - t0})
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-        if (step % cfg.checkpoint_every == 0 or step == cfg.steps) and cfg.main:
-            _save_state(state, step, params, opt, history)
+        if (step % cfg.checkpoint_every == 0 or step in (cfg.steps, end)) and cfg.main:
+            _save_state(state, step, params, opt, history, options)
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # KILL_AT_STEP_ENV: a kill -9 right after this state
     bar.close()
+    if step < cfg.steps:
+        log.info("%s: stopped at step %d of %d; the same command without the stop resumes it", name, step, cfg.steps)
+        _barrier(cfg)
+        return False
     if cfg.main:
-        (folder / "train_log.json").write_text(json.dumps(
-            {"stage": name, "config": {k: str(v) for k, v in asdict(cfg).items()}, "history": history}, indent=1))
+        config = {k: str(v) for k, v in asdict(cfg).items() if k != "stop_at"}
+        record = {"stage": name, "config": config, "history": history}
+        (folder / "train_log.json").write_text(json.dumps(record, indent=1))
     _barrier(cfg)
-    return history
+    return True
 
 
 def _batch(data: TripletData, step: int, cfg: TrainConfig) -> np.ndarray:
@@ -316,8 +369,10 @@ def _finish(cfg: TrainConfig, model: StyleExpert, done: Path, metadata: dict[str
 
 
 # ------------------------------------------------------------------------------------------ stages
-def stage0(cfg: TrainConfig) -> Path:
-    """Pretrain the tiny base transformer; writes ``out/base`` (a checkpoint with base weights)."""
+def stage0(cfg: TrainConfig) -> Path | None:
+    """Pretrain the tiny base transformer; writes ``out/base`` (a checkpoint with base weights).
+
+    Returns ``out/base``, or None when stopped early at ``cfg.stop_at`` (likewise for the other stages)."""
     done = cfg.out / "base"
     if (done / "config.json").is_file():
         log.info("stage 0 already done: %s", done)
@@ -326,7 +381,8 @@ def stage0(cfg: TrainConfig) -> Path:
     model = build(cfg.preset, "moe", overrides=cfg.overrides, seed=cfg.seed).to(cfg.device)
     if cfg.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
-    data = TripletData(cfg.data, _resolution(cfg, model.config), split=None)
+    data_res = _resolution(cfg, model.config)
+    data = TripletData(cfg.data, data_res, split=None)
     adapter_ids = {id(p) for p in inject.adapter_parameters(model.transformer)}
     for p in inject.adapter_parameters(model.transformer):
         p.requires_grad_(False)  # inert (B = 0) during stage 0
@@ -349,13 +405,15 @@ def stage0(cfg: TrainConfig) -> Path:
         dev = cfg.device
         return flow_matching_loss(model, content.to(dev), ref.to(dev), target.to(dev), g, sigma=_sigma(cfg, g))
 
-    _loop(cfg, "stage0", params, loss_fn, cfg.lr)
+    options = resume_key(cfg, model, resolution=data_res, timesteps=cfg.timestep_sampling)
+    if not _loop(cfg, "stage0", params, loss_fn, cfg.lr, options):
+        return None
     for p in params.values():
         p.requires_grad_(False)
     return _finish(cfg, model, done, {"stage": 0})
 
 
-def stage1(cfg: TrainConfig, base: Path) -> Path:
+def stage1(cfg: TrainConfig, base: Path) -> Path | None:
     """Train the style projector by InfoNCE on family labels; writes ``out/encoder`` (a checkpoint)."""
     done = cfg.out / "encoder"
     if (done / "config.json").is_file():
@@ -365,7 +423,8 @@ def stage1(cfg: TrainConfig, base: Path) -> Path:
     # tiny: the stage-0 checkpoint itself (its backbone, and its projector as the starting point)
     model = _start(cfg, "moe", base) if cfg.flux is not None else load_checkpoint(base, device=cfg.device)
     enc = model.style_encoder
-    data = TripletData(cfg.data, _resolution(cfg, model.config), split="seen")
+    data_res = _resolution(cfg, model.config)
+    data = TripletData(cfg.data, data_res, split="seen")
     # both the references and the targets show their family's style; cache the frozen backbone once
     images = torch.cat([data.style, data.target])
     labels = torch.cat([data.labels, data.labels])
@@ -386,12 +445,14 @@ def stage1(cfg: TrainConfig, base: Path) -> Path:
         e2 = enc.embed([h[b] for h in hidden])
         return multi_positive_infonce(e, e2, labels[a], labels[b], cfg.temperature)
 
-    _loop(cfg, "stage1", params, loss_fn, cfg.lr)
+    options = resume_key(cfg, model, resolution=data_res, temperature=cfg.temperature)
+    if not _loop(cfg, "stage1", params, loss_fn, cfg.lr, options):
+        return None
     enc.projector.requires_grad_(False)
     return _finish(cfg, model, done, {"stage": 1, "families": data.families})
 
 
-def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> Path:
+def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> Path | None:
     """Train the adapters of ``variant`` on triplets; writes ``out/<variant>`` (the method's checkpoint).
 
     ``moe`` uses the stage-1 encoder; ``noprior`` keeps the encoder as built (untrained projector, same
@@ -409,7 +470,8 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
         model.style_encoder.projector.load_state_dict(load_projector(encoder))
     if cfg.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
-    data = TripletData(cfg.data, _resolution(cfg, model.config), split="seen")
+    data_res = _resolution(cfg, model.config)
+    data = TripletData(cfg.data, data_res, split="seen")
     params = {n: p for n, p in model.transformer.named_parameters() if p.requires_grad}
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
@@ -418,5 +480,7 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
         return flow_matching_loss(model, data.floats(data.content[idx]).to(dev), data.floats(data.style[idx]).to(dev),
                                   data.floats(data.target[idx]).to(dev), g, sigma=_sigma(cfg, g))
 
-    _loop(cfg, f"stage2-{variant}", params, loss_fn, cfg.lr)
+    options = resume_key(cfg, model, resolution=data_res, timesteps=cfg.timestep_sampling)
+    if not _loop(cfg, f"stage2-{variant}", params, loss_fn, cfg.lr, options):
+        return None
     return _finish(cfg, model, done, {"stage": 2})

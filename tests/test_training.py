@@ -1,11 +1,13 @@
-"""Training wiring at tiny size: determinism, resume after kill -9, the stages' outputs."""
+"""Training wiring at tiny size: determinism, resume after a stop and after kill -9, refusal to resume with
+other options, the stages' outputs."""
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,11 +17,18 @@ from safetensors.torch import load_file, save_file
 SX = [sys.executable, "-m", "sxbench.cli"]
 
 
-def train(*args, check=True):
-    p = subprocess.run([*SX, "train", *args, "--no-progress"], capture_output=True, text=True)
+def train(*args, check=True, env=None):
+    p = subprocess.run([*SX, "train", *args, "--no-progress"], capture_output=True, text=True,
+                       env=None if env is None else os.environ | env)
     if check and p.returncode != 0:
         raise AssertionError(p.stdout + p.stderr)
     return p
+
+
+def _files(root):
+    """``{relative path: (mtime_ns, bytes)}`` of every file under ``root``."""
+    return {str(f.relative_to(root)): (f.stat().st_mtime_ns, f.read_bytes()) for f in sorted(root.rglob("*"))
+            if f.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -50,40 +59,137 @@ def test_all_stages_produce_checkpoints_and_logs(tmp_path, data):
         if ".lora_layer." not in n:
             assert torch.equal(p, b[n]), n
     assert any(p.abs().sum() > 0 for n, p in moe.transformer.named_parameters() if n.endswith("loraB"))
-    # a finished stage is not redone
-    again = train("all", "--out", str(out), "--data", str(data), "--steps0", "3", "--steps1", "3", "--steps2", "2")
-    assert "done in" in again.stdout
+    # a finished stage is not redone: nothing under out is rewritten, and each stage says it skipped
+    before = _files(out)
+    again = train("all", "--out", str(out), "--data", str(data), "--steps0", "3", "--steps1", "3", "--steps2", "2",
+                  "--batch-size", "4")
+    assert _files(out) == before, "a finished stage rewrote its files"
+    for stage in ("stage 0", "stage 1", "stage 2 (moe)", "stage 2 (lora)", "stage 2 (noprior)"):
+        assert f"{stage} already done" in again.stderr, stage
 
 
 def _state_step(path):
-    try:
-        with safe_open(str(path), "pt") as f:
-            return json.loads(f.metadata()["state"])["step"]
-    except (OSError, ValueError, KeyError):
-        return 0
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["state"])["step"]
 
 
 def test_kill_9_resumes_and_matches_an_uninterrupted_run(tmp_path, data):
-    args = ["0", "--data", str(data), "--steps", "12", "--checkpoint-every", "2", "--batch-size", "4"]
+    """The one real kill -9: the process SIGKILLs itself right after writing the state of step 2 (test hook
+    SXBENCH_KILL_AT_STEP), so where it dies is known, not raced."""
+    args = ["0", "--data", str(data), "--steps", "4", "--checkpoint-every", "2", "--batch-size", "4"]
     train(*args, "--out", str(tmp_path / "a"))
     killed = tmp_path / "b"
-    proc = subprocess.Popen([*SX, "train", *args, "--out", str(killed), "--no-progress"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    state = killed / "stage0" / "state.safetensors"
-    deadline = time.time() + 180
-    while _state_step(state) < 4 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    resumed_from = _state_step(state)
-    assert 4 <= resumed_from < 12
-    train(*args, "--out", str(killed))
+    p = train(*args, "--out", str(killed), check=False, env={"SXBENCH_KILL_AT_STEP": "2"})
+    assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+    assert _state_step(killed / "stage0" / "state.safetensors") == 2
+    assert not (killed / "base").exists() and not (killed / "stage0" / "train_log.json").exists()
+    resumed = train(*args, "--out", str(killed))
+    assert "stage0: resuming from step 2" in resumed.stderr
     log = json.loads((killed / "stage0" / "train_log.json").read_text())["history"]
-    assert [h["step"] for h in log] == list(range(1, 13)), "every step once in the log"
+    assert [h["step"] for h in log] == [1, 2, 3, 4], "every step once in the log"
+    ref = json.loads((tmp_path / "a" / "stage0" / "train_log.json").read_text())["history"]
+    assert [h["loss"] for h in log] == [h["loss"] for h in ref]
     a = load_file(str(tmp_path / "a" / "base" / "transformer.safetensors"))
     b = load_file(str(killed / "base" / "transformer.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is bit-exact"
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A stage-0-format checkpoint (random tiny base, projector and adapters) to start stages 1 and 2 from."""
+    from styleexpert.io import save_checkpoint
+    from styleexpert.pipeline import build
+
+    return save_checkpoint(build("tiny", seed=0), tmp_path_factory.mktemp("base") / "base")
+
+
+def _stage(stage, cfg, base):
+    from styleexpert import train
+
+    return train.stage1(cfg, base) if stage == "1" else train.stage2(cfg, "moe", base, base)
+
+
+def _trained(stage, folder):
+    """What a finished stage trained: the projector (stage 1) or the adapters (stage 2)."""
+    name = "encoder.safetensors" if stage == "1" else "adapters.safetensors"
+    return load_file(str(folder / ("encoder" if stage == "1" else "moe") / name))
+
+
+@pytest.mark.parametrize("stage", ["1", "2"])
+def test_stage_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path, data, tiny_base, stage, caplog):
+    from styleexpert.train import TrainConfig
+
+    steps, stop = (3, 2) if stage == "1" else (2, 1)  # stage 2 steps are slow on a CPU
+    cfg = TrainConfig(out=tmp_path / "a", data=data, steps=steps, batch_size=2, checkpoint_every=100, progress=False,
+                      seed=3)
+    assert _stage(stage, cfg, tiny_base) == tmp_path / "a" / ("encoder" if stage == "1" else "moe")
+    split = dataclasses.replace(cfg, out=tmp_path / "b", stop_at=stop)
+    assert _stage(stage, split, tiny_base) is None, "stopped early: no finished checkpoint"
+    name = "stage1" if stage == "1" else "stage2-moe"
+    assert _state_step(tmp_path / "b" / name / "state.safetensors") == stop
+    assert not (tmp_path / "b" / name / "train_log.json").exists()
+    with caplog.at_level(logging.INFO, logger="styleexpert.train"):
+        assert _stage(stage, dataclasses.replace(split, stop_at=None), tiny_base) is not None
+    assert f"{name}: resuming from step {stop}" in caplog.text
+    a, b = _trained(stage, tmp_path / "a"), _trained(stage, tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "resume is bit-exact"
+    before = load_file(str(tiny_base / ("encoder.safetensors" if stage == "1" else "adapters.safetensors")))
+    assert any(not torch.equal(a[k], before[k]) for k in a), "the stage trained something"
+    log_a = json.loads((tmp_path / "a" / name / "train_log.json").read_text())["history"]
+    log_b = json.loads((tmp_path / "b" / name / "train_log.json").read_text())["history"]
+    assert [h["step"] for h in log_b] == list(range(1, steps + 1))
+    assert [(h["loss"], h["lr"]) for h in log_b] == [(h["loss"], h["lr"]) for h in log_a]
+
+
+@pytest.fixture(scope="module")
+def rank2_base(tmp_path_factory):
+    """The same base with rank-2 experts: what a changed ``--preset``/overrides would give stage 2."""
+    from styleexpert.io import save_checkpoint
+    from styleexpert.pipeline import build
+
+    return save_checkpoint(build("tiny", seed=0, overrides={"moe": {"rank": 2}}), tmp_path_factory.mktemp("b") / "base")
+
+
+def test_cli_stop_at_leaves_a_resumable_state(tmp_path, data, tiny_base, capsys):
+    """The hidden ``--stop-at`` of ``sxbench train``: the stage stops with its state saved and no checkpoint;
+    the command without it finishes the stage from there."""
+    import shutil
+
+    from sxbench.cli import main
+
+    shutil.copytree(tiny_base, tmp_path / "base")
+    args = ["train", "1", "--out", str(tmp_path), "--data", str(data), "--steps", "3", "--batch-size", "2",
+            "--no-progress"]
+    assert main([*args, "--stop-at", "1"]) == 0
+    assert "stopped at step 1" in capsys.readouterr().out
+    assert _state_step(tmp_path / "stage1" / "state.safetensors") == 1 and not (tmp_path / "encoder").exists()
+    assert main(args) == 0
+    log = json.loads((tmp_path / "stage1" / "train_log.json").read_text())["history"]
+    assert [h["step"] for h in log] == [1, 2, 3] and (tmp_path / "encoder" / "config.json").is_file()
+
+
+OTHER_OPTIONS = {
+    "1": [{"lr": 5e-4}, {"batch_size": 4}, {"seed": 4}, {"temperature": 0.1}, {"steps": 40}],
+    "2": [{"lr": 5e-4}, {"batch_size": 4}, {"seed": 4}, {"timestep_sampling": "logit_normal"}, {"steps": 40}, "rank"],
+}
+
+
+@pytest.mark.parametrize("stage", ["1", "2"])
+def test_resume_with_other_options_names_the_state_file(tmp_path, data, tiny_base, rank2_base, stage):
+    """Every option that shapes the run is checked (``steps`` through the warm-up: 40 steps warm up over 4)."""
+    from styleexpert.train import TrainConfig
+
+    cfg = TrainConfig(out=tmp_path, data=data, steps=4, batch_size=2, progress=False, seed=3, stop_at=1)
+    assert _stage(stage, cfg, tiny_base) is None
+    state = tmp_path / ("stage1" if stage == "1" else "stage2-moe") / "state.safetensors"
+    saved = state.read_bytes()
+    for change in OTHER_OPTIONS[stage]:
+        other = dataclasses.replace(cfg, stop_at=None, **({} if change == "rank" else change))
+        with pytest.raises(ValueError, match=rf"{state}: a run with other options.*another --out"):
+            _stage(stage, other, rank2_base if change == "rank" else tiny_base)
+        assert state.read_bytes() == saved, f"{change}: the refused run left the state alone"
+    # the same options resume it (steps may change where the warm-up stays the same)
+    assert _stage(stage, dataclasses.replace(cfg, stop_at=None, steps=2), tiny_base) is not None
 
 
 def test_torchrun_two_processes_train_with_averaged_gradients(tmp_path, data):
