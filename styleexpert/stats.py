@@ -75,9 +75,9 @@ def format_stats(s: ModelStats) -> list[str]:
     return [
         f"preset: {s.preset} (built on the meta device in {s.seconds:.1f} s)",
         f"wrapped linears: {s.wrapped_linears}",
-        f"trainable parameters, MoE-LoRA: {s.moe_trainable / 1e6:.2f} M "
+        f"trainable parameters, MoE-LoRA: {s.moe_trainable / 1e6:.2f} M = {s.moe_trainable:,} "
         f"(routers {s.router / 1e6:.2f} M, non-block modules {s.non_block / 1e6:.3f} M)",
-        f"trainable parameters, single rank-{s.lora_rank} LoRA: {s.lora_trainable / 1e6:.2f} M",
+        f"trainable parameters, single rank-{s.lora_rank} LoRA: {s.lora_trainable / 1e6:.2f} M = {s.lora_trainable:,}",
         f"FLOPs per image token (linears): base {s.base_flops_per_token / g:.3f} G, "
         f"+LoRA {s.lora_flops_per_token / g:.4f} G ({100 * s.lora_flops_per_token / s.base_flops_per_token:.2f}%), "
         f"+MoE active experts {s.moe_flops_per_token / g:.4f} G ({100 * s.moe_flops_per_token / s.base_flops_per_token:.2f}%)",

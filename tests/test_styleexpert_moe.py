@@ -141,12 +141,34 @@ def test_merged_equals_unmerged_and_unmerge_restores():
 
 
 def test_routing_is_per_image_not_per_token():
+    """Each image's experts and weights come from its style embedding alone: every token of image b, however
+    different, goes through the same matrix M_b = W + scale · (B_s A_s + Σ_i w_bi B_i A_i), built here by hand
+    from that image's top-k of the router on its embedding. Per-token routing (on hidden states) fails this."""
     layer = make_layer()
-    cond, x = torch.randn(2, COND, dtype=torch.float64), torch.randn(2, 8, 7, dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    cond = torch.randn(3, COND, generator=g, dtype=torch.float64)
+    m = layer.lora_layer
+    logits = cond @ m.cond_gate.weight.T
+    top, idx = torch.topk(logits, K, dim=-1)
+    assert len({tuple(sorted(row.tolist())) for row in idx}) == 3, "the three images route to different experts"
+    # tokens of wildly different scale and sign, and the same tokens in every image
+    magnitudes = torch.logspace(-3, 3, 8, dtype=torch.float64).view(1, 8, 1)
+    tokens = torch.randn(1, 8, 7, generator=g, dtype=torch.float64) * magnitudes
+    tokens = torch.cat([tokens, -tokens], 1).expand(3, -1, -1)
     layer.set_condition(cond)
-    whole = layer(x)
-    per_token = torch.cat([layer(x[:, j:j + 1]) for j in range(8)], 1)
-    torch.testing.assert_close(whole, per_token)
+    out = layer(tokens)
+    assert torch.equal(layer.routing.indices, idx)
+    scale = m.alpha / m.rank
+    for b in range(3):
+        w = torch.softmax(top[b], -1)
+        M = layer.base.weight + scale * (m.shared_B[0] @ m.shared_A[0]
+                                         + sum(w[j] * m.loraB[idx[b, j]] @ m.loraA[idx[b, j]] for j in range(K)))
+        torch.testing.assert_close(out[b], tokens[b] @ M.T + layer.base.bias, rtol=1e-10, atol=1e-9)
+    # the same tokens in different images give different outputs: the routing is the image's
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[1], out[2])
+    # and another batch of tokens leaves each image's routing untouched
+    layer(torch.randn(3, 5, 7, generator=g, dtype=torch.float64) * 1e4)
+    assert torch.equal(layer.routing.indices, idx) and torch.equal(layer.routing.weights, torch.softmax(top, -1))
 
 
 def test_only_adapters_train():

@@ -261,6 +261,16 @@ def synth_smoke(resolution: int = 64, seeds: tuple[int, ...] = (0,), seed: int =
     )
 
 
+_TRAINING_NS = 5_000_011
+
+
+def training_scene_seeds(index: int, seed: int = 0) -> tuple[int, int]:
+    """Scene seeds of triplet ``index`` written by ``write_triplets(..., seed=seed)``: its content and the scene
+    its style reference is drawn on (a namespace apart from the benchmark's contents and reference scenes)."""
+    content = seed * 1_000_000 + _TRAINING_NS + 2 * index
+    return content, content + 1
+
+
 def write_triplets(out: Path, n: int, split: str, *, resolution: int = 128, seed: int = 0, progress: bool = True) -> Path:
     """Write ``n`` training triplets of ``split`` (``seen``, ``unseen`` or ``all``) under ``out``.
 
@@ -295,8 +305,9 @@ def write_triplets(out: Path, n: int, split: str, *, resolution: int = 128, seed
             u = {p: float(rng.uniform(*(primary if k == 0 else ((0.0, 1.0) if pair_split == "unseen" else SEEN_RANGE))))
                  for k, (p, _, _) in enumerate(fam.params)}
             style_seed = int(rng.integers(2**31))
-            scene = synthgen.make_scene(seed * 1_000_000 + 5_000_011 + 2 * i, resolution)
-            ref = synthgen.make_scene(seed * 1_000_000 + 5_000_011 + 2 * i + 1, resolution)
+            scene_seed, ref_seed = training_scene_seeds(i, seed)
+            scene = synthgen.make_scene(scene_seed, resolution)
+            ref = synthgen.make_scene(ref_seed, resolution)
             pid = f"t{i:06d}"
             array_to_pil(scene.image).save(out / "content" / f"{pid}.png")
             array_to_pil(synthgen.apply_style(ref.image, fam.name, u, style_seed + 1)).save(out / "style" / f"{pid}.png")
@@ -308,4 +319,5 @@ def write_triplets(out: Path, n: int, split: str, *, resolution: int = 128, seed
     return manifest
 
 
-__all__ = ["LEVELS", "SynthProtocol", "StyleSpec", "make_styles", "synth", "synth_smoke", "write_triplets"]
+__all__ = ["LEVELS", "SynthProtocol", "StyleSpec", "make_styles", "synth", "synth_smoke", "training_scene_seeds",
+           "write_triplets"]
