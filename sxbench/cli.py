@@ -24,12 +24,16 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _protocol_args(protocol: str) -> tuple[str, dict]:
-    """``folder:PATH`` or an existing path means the folder protocol on that path."""
+    """``folder:PATH`` or an existing path means the folder protocol on that path. A registered protocol's name
+    wins over a same-named folder in the working directory (``--out synth-lite`` makes one); ``./NAME`` or
+    ``folder:NAME`` names the folder."""
+    from sxbench import registry
+
     if protocol.startswith("folder:"):
         return "folder", {"root": protocol.split(":", 1)[1]}
     if protocol.startswith("paper:"):
         return "paper", {"root": protocol.split(":", 1)[1]}
-    if protocol not in ("synth", "synth-smoke", "photos") and ("/" in protocol or Path(protocol).exists()):
+    if "/" in protocol or (protocol not in registry.protocols and Path(protocol).exists()):
         return "folder", {"root": protocol}
     return protocol, {}
 

@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,20 @@ DEFAULT_METHODS = ("identity", "stylecopy", "reinhard", "histmatch", "magenta", 
                    "styleexpert-lora", "styleexpert-noprior")
 """Methods of a run without ``--methods``; names not registered in this installation are skipped, and methods
 whose weights are missing are reported and skipped (``gatys``, an optimisation per image, is opt-in)."""
+
+KILL_AFTER_SAMPLES_ENV = "SXBENCH_KILL_AFTER_SAMPLES"
+"""Test hook, not a user setting: with ``N`` (a positive integer) in this environment variable, the process sends
+itself SIGKILL right after the transaction of the ``N``-th sample it stores is committed, so a test can kill a run
+at an exact point (tests/test_cli.py) instead of racing a timer."""
+
+
+def _kill_after_samples() -> int | None:
+    raw = os.environ.get(KILL_AFTER_SAMPLES_ENV, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{KILL_AFTER_SAMPLES_ENV}={raw!r}: expected a positive integer (a test hook); unset it")
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -181,6 +196,8 @@ class Runner:
         self.skipped_metrics: dict[str, str] = {}
         self.metrics: list[ImageMetric] = []
         self.features = FeatureCache()
+        self._kill_after = _kill_after_samples()
+        self._committed = 0
         self.set_metrics: list[SetMetric] = []
         extra = {"device": config.device, "weights_dir": config.weights_dir, "cache": self.features}
         names = list(dict.fromkeys(config.metrics or spec.metrics))
@@ -349,6 +366,9 @@ class Runner:
                     peak_memory_bytes=meter.peak, memory_kind=meter.kind, device=str(method.device),
                 )
                 store.write_sample(record, values.get(key, []), routing if is_ok else ())
+                self._committed += 1
+                if self._kill_after is not None and self._committed >= self._kill_after:
+                    os.kill(os.getpid(), signal.SIGKILL)  # the test hook: committed, then killed like `kill -9`
             bar.update(len(batch))
         bar.close()
         return len(todo) - failed, skipped, failed

@@ -7,10 +7,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from sxbench import registry
+from sxbench.cli import main
+from sxbench.runner import KILL_AFTER_SAMPLES_ENV, RunConfig, Runner
+from sxbench.store import Store
 
 SXBENCH = [sys.executable, "-m", "sxbench.cli"]
 
@@ -33,7 +38,8 @@ def test_end_to_end_on_synth_smoke(tmp_path):
         assert name in html
     for fig in ("metrics_by_level", "expert_usage", "routing_iou", "training_loss"):
         assert (out / "figures" / f"{fig}.png").is_file(), fig
-    assert "↑" in html and "↓" in html and "unseen" in html and "texture" in html
+    assert "unseen" in html and "texture" in html
+    _check_header_arrows(html)
     for src in __import__("re").findall(r'src="([^"]+\.png)"', html):
         assert (out / src).is_file(), src
     # same command again: nothing recomputed
@@ -50,6 +56,44 @@ def test_end_to_end_on_synth_smoke(tmp_path):
     (out / "index.html").unlink()
     sx("report", str(out))
     assert (out / "index.html").is_file()
+
+
+KNOWN_DIRECTION = {
+    # what each statistic measures says which way is better: similarities and scores ↑, distances ↓
+    "content_ssim": "↑", "content_edge_f1": "↑", "target_psnr": "↑", "target_ssim": "↑",
+    "style_color_swd": "↓", "style_gram": "↓", "target_detail": "↓", "target_color_swd": "↓",
+    # expert utilization: even load, no dead experts, family-aware routing (similar styles share experts)
+    "expert_load_entropy": "↑", "expert_dead_fraction": "↓", "expert_load_cv": "↓", "expert_family_mi": "↑",
+    "routing_iou_similar": "↑", "routing_iou_related": "↑", "routing_iou_dissimilar": "↓",
+}
+
+
+def _check_header_arrows(html: str) -> None:
+    """Every column header naming a metric carries that metric's arrow: the registry's ``higher_is_better`` and the
+    known direction above agree with it, in the leaderboard, split, level and expert tables alike."""
+    from test_report import header_direction, html_tables
+
+    from sxbench.metrics.experts import DIRECTIONS
+
+    sections: dict[str, set[str]] = {}
+    for t in html_tables(html):
+        for th in t["head"]:
+            words = th["text"].split()
+            if not words or words[0] not in KNOWN_DIRECTION:
+                continue
+            metric, arrow = header_direction(th)
+            hib = DIRECTIONS[metric] if metric in DIRECTIONS else registry.metrics.get(metric).info.higher_is_better
+            assert arrow == ("↑" if hib else "↓") == KNOWN_DIRECTION[metric], (t["h2"], th["text"])
+            sections.setdefault(metric, set()).add(t["h2"])
+        if t["h3"] == "Metrics":  # provenance: one row per metric, its direction in words and arrow
+            for row in t["rows"]:
+                name, direction = row[0]["text"], row[2]["text"]
+                assert direction == {"↑": "higher ↑", "↓": "lower ↓"}[KNOWN_DIRECTION[name]], name
+                sections.setdefault(name, set()).add("Provenance")
+    per_sample = {"Leaderboard", "Seen vs unseen styles", "Per style level", "Provenance"}
+    assert {m for m, where in sections.items() if where == per_sample} == {
+        m for m in KNOWN_DIRECTION if m not in DIRECTIONS}, sections
+    assert all(sections[m] == {"Expert utilization"} for m in DIRECTIONS), sections
 
 
 def test_list_and_helpful_errors(tmp_path):
@@ -75,33 +119,41 @@ def test_folder_with_odd_files_one_error_line_rest_runs(tmp_path):
     assert "corrupt.png" in (out / "index.html").read_text()
 
 
-def _count_rows(db: Path) -> int:
-    try:
-        with sqlite3.connect(db, timeout=5) as c:
-            return c.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
-def test_kill_9_then_rerun_completes_without_duplicates_or_losses(tmp_path):
-    out = tmp_path / "killed"
-    args = ["run", "--protocol", "synth", "--limit", "48", "--methods", "identity,reinhard,histmatch",
-            "--metrics", "content_ssim,target_ssim", "--out", str(out), "--batch-size", "4", "--no-progress"]
-    proc = subprocess.Popen([*SXBENCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while _count_rows(out / "results.sqlite") < 40 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; raise --limit"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = _count_rows(out / "results.sqlite")
-    assert 0 < partial < 3 * 48
-    p = sx(*args)
-    assert f"{partial} already stored" in p.stdout
+def test_kill_9_then_rerun_completes_without_duplicates_or_losses(tmp_path, capsys):
+    """A real SIGKILL at an exact point: the runner's test hook kills the process right after the 10th sample's
+    transaction commits (mid-method and mid-batch: identity's 8, then 2 of reinhard's first batch of 3)."""
+    out, kill_after = tmp_path / "killed", 10
+    methods, metrics = ("identity", "reinhard", "histmatch"), ("content_ssim", "target_ssim")
+    pairs = [p.pair_id for p in registry.create_protocol("synth-smoke").spec.pairs]
+    args = ["run", "--protocol", "synth-smoke", "--methods", ",".join(methods), "--metrics", ",".join(metrics),
+            "--out", str(out), "--batch-size", "3", "--no-progress"]
+    killed = subprocess.run([*SXBENCH, *args], capture_output=True, text=True,
+                            env=os.environ | {KILL_AFTER_SAMPLES_ENV: str(kill_after)})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert "generated" not in killed.stdout and not (out / "index.html").exists()  # it died before the summary
     with sqlite3.connect(out / "results.sqlite") as c:
-        rows = c.execute("SELECT method, pair_id, seed, status FROM samples").fetchall()
+        stored = c.execute("SELECT method, pair_id FROM samples").fetchall()
         nvals = c.execute("SELECT COUNT(*) FROM metric_values").fetchone()[0]
-    assert len(rows) == len(set(r[:3] for r in rows)) == 3 * 48
-    assert all(r[3] == "ok" for r in rows)
-    assert nvals == 3 * 48 * 2
+        status = c.execute("SELECT status FROM runs").fetchall()
+    # exactly the committed samples, in work order: all of identity's, reinhard's first two pairs
+    assert sorted(stored) == sorted([("identity", p) for p in pairs] + [("reinhard", p) for p in pairs[:2]])
+    assert nvals == kill_after * len(metrics) and status == [("running",)]
+
+    assert main(args) == 0  # the same command again (in-process: one interpreter start less): only the rest runs
+    summary = capsys.readouterr().out
+    assert f"{3 * 8 - kill_after} generated, {kill_after} already stored, 0 failed, 0 rescored" in summary
+
+    with sqlite3.connect(out / "results.sqlite") as c:
+        rows = c.execute("SELECT method, pair_id, seed, status, output_path FROM samples").fetchall()
+        vals = pd.read_sql_query("SELECT s.method, s.pair_id, v.metric, v.value FROM metric_values v "
+                                 "JOIN samples s USING (sample_key)", c)
+    assert sorted(r[:4] for r in rows) == sorted((m, p, 0, "ok") for m in methods for p in pairs)
+    assert all((out / r[4]).is_file() for r in rows) and not list(out.rglob("*.tmp.png"))
+    assert len(vals) == len(methods) * len(pairs) * len(metrics) and vals.value.notna().all()
+    # nothing lost or altered by the kill: the values equal an uninterrupted run's
+    Runner(RunConfig("synth-smoke", methods=methods, metrics=metrics, out=tmp_path / "ref", progress=False)).run()
+    with Store(tmp_path / "ref") as st:
+        ref = st.values()
+    got, want = (d.set_index(["method", "pair_id", "metric"]).value.sort_index() for d in (vals, ref))
+    assert got.index.equals(want.index)
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=0, atol=1e-9)

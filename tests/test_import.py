@@ -129,10 +129,17 @@ def test_import_reports_each_bad_file_and_scores_the_rest(tmp_path, tasks_csv, c
     assert rc == 0 and "4 imported as ext, 0 already stored, 5 problem(s)" in out, out + err
     lines = [ln for ln in err.splitlines() if ln.startswith("import problem:")]
     assert len(lines) == 5
-    for f, words in ((missing, "missing"), (corrupt, "cannot be read"), (small, "32×32 pixels, expected 64×64"),
-                     (grey, "mode L, expected 8-bit RGB"), (outs / "not_a_task.png", "not in the task list")):
+    # each file's line names it, says what is wrong and what to do
+    for f, problem, fix in (
+            (missing, "missing", "write this task's output there and import again"),
+            (corrupt, "cannot be read as an image", "write it again as an RGB PNG and import again"),
+            (small, "32×32 pixels, expected 64×64", "produce it at 64×64 from the task's inputs and import again"),
+            (grey, "mode L, expected 8-bit RGB", "convert it (e.g. PIL `Image.open(f).convert('RGB').save(f)`) and "
+                                                 "import again"),
+            (outs / "not_a_task.png", "not in the task list", "rename it to its task's output_file or remove it")):
         (line,) = [ln for ln in lines if str(f) in ln]
-        assert words in line and "import again" in line or "remove it" in line, line
+        assert problem in line, line
+        assert fix in line, line
     with Store(run) as s:
         samples, values = s.samples(), s.values()
     assert (samples.status == "ok").sum() == 4 and (samples.status == "error").sum() == 4

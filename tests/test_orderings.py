@@ -2,15 +2,19 @@
 
 import pytest
 
+from sxbench import registry
 from sxbench.runner import RunConfig, Runner
 from sxbench.store import Store
+
+
+METHODS = ("identity", "stylecopy", "reinhard", "histmatch")
+METRICS = ("content_ssim", "style_color_swd", "target_ssim")
 
 
 @pytest.fixture(scope="module")
 def synth_values(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
-    Runner(RunConfig("synth", methods=("identity", "stylecopy", "reinhard", "histmatch"), out=out,
-                     metrics=("content_ssim", "style_color_swd", "target_ssim"), batch_size=16, progress=False)).run()
+    Runner(RunConfig("synth", methods=METHODS, out=out, metrics=METRICS, batch_size=16, progress=False)).run()
     with Store(out) as st:
         return st.values()
 
@@ -37,5 +41,12 @@ def test_reinhard_fails_beyond_colour(synth_values):
 
 
 def test_rows_carry_split_and_level(synth_values):
+    """Every stored value carries its pair's labels as the protocol defines them, and no value is missing."""
+    pairs = {p.pair_id: p for p in registry.create_protocol("synth").spec.pairs}
+    assert len(synth_values) == len(pairs) * len(METHODS) * len(METRICS)
     assert set(synth_values.split) == {"seen", "unseen"}
     assert set(synth_values.level) == {"color", "texture", "material", "stroke"}
+    labels = {(p.pair_id, p.split, p.level, p.family, p.content_id, p.style_id) for p in pairs.values()}
+    stored = set(zip(synth_values.pair_id, synth_values.split, synth_values.level, synth_values.family,
+                     synth_values.content_id, synth_values.style_id))
+    assert stored == labels

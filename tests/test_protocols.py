@@ -6,7 +6,7 @@ import pytest
 
 from sxbench import registry
 from sxbench.imageio import pil_to_array
-from sxbench.protocols.synth import HELD_OUT_RANGE, SEEN_RANGE, synth, synth_smoke, write_triplets
+from sxbench.protocols.synth import HELD_OUT_RANGE, SEEN_RANGE, SYNTH_METRICS, synth, synth_smoke, write_triplets
 from sxbench.protocols.synthgen import FAMILIES, LEVELS
 
 
@@ -27,6 +27,9 @@ def test_synth_unseen_holds_out_families_and_parameter_ranges():
     seen_families = {s.family for s in p.styles.values() if s.split == "seen"}
     held = {f.name for f in FAMILIES.values() if f.held_out}
     assert not (seen_families & held)
+    unseen_families = {s.family for s in p.styles.values() if s.split == "unseen"}
+    assert len(held) == 4 and held <= unseen_families  # both kinds of unseen style occur
+    assert seen_families and unseen_families - held == seen_families
     for st in p.styles.values():
         primary = FAMILIES[st.family].params[0][0]
         if st.split == "seen":
@@ -51,6 +54,55 @@ def test_smoke_preset_is_small_and_covers_levels_and_splits():
     p = synth_smoke()
     assert len(p.spec.pairs) <= 10
     assert {(x.split, x.level) for x in p.spec.pairs} == {(s, lv) for s in ("seen", "unseen") for lv in LEVELS}
+
+
+def test_synth_lite_is_synths_56_styles_with_one_content_each():
+    """README: `synth-lite`, what command 1 runs, is "synth's 56 styles with one content each: 56 pairs at 128², both
+    splits, all levels"; checked against `synth` itself."""
+    lite, full = registry.create_protocol("synth-lite"), synth()
+    spec = lite.spec
+    assert (spec.name, spec.resolution, len(spec.pairs), spec.seeds) == ("synth-lite", 128, 56, (0,))
+    assert spec.metrics == full.spec.metrics == SYNTH_METRICS
+    # the same 56 styles as synth (ids, families, parameters, pattern seeds), each in exactly one pair
+    assert len(full.styles) == 56 and lite.styles == full.styles
+    assert [p.style_id for p in spec.pairs] == list(full.styles)
+    assert len({p.pair_id for p in spec.pairs}) == 56
+    for p in spec.pairs:
+        st = full.styles[p.style_id]
+        assert (p.split, p.level, p.family, p.has_target) == (st.split, st.level, st.family, True), p
+    assert {p.content_id for p in spec.pairs} <= {q.content_id for q in full.spec.pairs}  # synth's scenes
+    # synth's docstring: seen 16 families × 2 styles, unseen 16 × 1 held-out-range style + 4 held-out families × 2
+    splits = [p.split for p in spec.pairs]
+    assert (splits.count("seen"), splits.count("unseen")) == (32, 24)
+    assert {(p.split, p.level) for p in spec.pairs} == {(s, lv) for s in ("seen", "unseen") for lv in LEVELS}
+    assert {p.family for p in spec.pairs} == set(FAMILIES)
+    # the same images: a style reference and a content scene, pixel for pixel
+    p = spec.pairs[-1]
+    assert np.array_equal(pil_to_array(lite.style(p.style_id)), pil_to_array(full.style(p.style_id)))
+    assert np.array_equal(pil_to_array(lite.content(p.content_id)), pil_to_array(full.content(p.content_id)))
+    assert lite.content(p.content_id).size == (128, 128)
+
+
+def test_synth_lite_runs_end_to_end_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """README command 1's run, cut down (one control, one weight-free metric, 32²), run twice from a folder where
+    `--out synth-lite` made a `synth-lite/` directory: the name still means the protocol, and nothing reruns."""
+    from sxbench.cli import main
+    from sxbench.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--protocol", "synth-lite", "--methods", "identity", "--metrics", "content_ssim", "--resolution",
+            "32", "--out", "synth-lite", "--no-progress"]
+    assert main(args) == 0
+    assert "56 generated, 0 already stored, 0 failed" in capsys.readouterr().out
+    assert main(args) == 0, capsys.readouterr().err
+    assert "0 generated, 56 already stored, 0 failed" in capsys.readouterr().out
+    with Store(tmp_path / "synth-lite") as st:
+        values = st.values()
+    spec = registry.create_protocol("synth-lite").spec
+    want = {(p.pair_id, p.split, p.level) for p in spec.pairs}
+    assert set(zip(values.pair_id, values.split, values.level)) == want and len(values) == 56
+    assert values.protocol.unique().tolist() == ["synth-lite"]
+    np.testing.assert_allclose(values.value, 1.0, atol=1e-3)  # identity: SSIM of the content with itself (float32)
 
 
 def test_photos_protocol_uses_packaged_images_only():

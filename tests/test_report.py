@@ -1,15 +1,97 @@
-"""The report's naming of stored method configurations (a store keeps every configuration it has run)."""
+"""The report: naming of stored method configurations, and direction-aware ranking checked against means computed
+independently from the store."""
 
 from __future__ import annotations
 
+import math
 import re
+import sqlite3
 import subprocess
 import sys
+from html.parser import HTMLParser
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from sxbench.report import config_labels
+from sxbench.records import MethodInfo, MetricInfo, MetricValue, SampleRecord
+from sxbench.report import config_labels, leaderboard, render
+from sxbench.store import DB_NAME, Store
+
+
+class _Tables(HTMLParser):
+    """Every ``<table>`` of a page with the ``<h2>``/``<h3>`` headings above it, its header cells and its body cells."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[dict] = []
+        self.h2 = self.h3 = ""
+        self._heading: str | None = None
+        self._cell: dict | None = None
+        self._span: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("h2", "h3"):
+            self._heading = tag
+            setattr(self, tag, "")
+            if tag == "h2":
+                self.h3 = ""
+        elif tag == "table":
+            self.tables.append({"h2": self.h2, "h3": self.h3, "head": [], "rows": []})
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"].append([])
+        elif tag in ("th", "td") and self.tables:
+            self._cell = {"text": "", "class": a.get("class") or "", "v": a.get("data-v"), "rank": None, "sub": None}
+            if tag == "th":
+                self.tables[-1]["head"].append(self._cell)
+            else:
+                self.tables[-1]["rows"][-1].append(self._cell)
+        elif tag == "span" and self._cell is not None:
+            self._span = a.get("class")
+            if self._span == "rank":
+                self._cell["rank"] = ""
+            elif self._span == "muted":
+                self._cell["sub"] = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("h2", "h3"):
+            self._heading = None
+        elif tag in ("th", "td"):
+            self._cell = None
+        elif tag == "span":
+            self._span = None
+
+    def handle_data(self, data):
+        if self._heading:
+            setattr(self, self._heading, getattr(self, self._heading) + data.strip())
+        if self._cell is not None:
+            if self._span == "rank":
+                self._cell["rank"] += data.strip()
+            elif self._span == "muted":
+                self._cell["sub"] += data.strip()
+            else:
+                self._cell["text"] += data
+
+
+def html_tables(html: str) -> list[dict]:
+    """``[{"h2", "h3", "head": [cell], "rows": [[cell]]}]``; a cell is ``{"text", "class", "v" (data-v), "rank" (text
+    of its ``span.rank``), "sub" (text of its ``span.muted``)}``, text outside those spans in ``text``."""
+    p = _Tables()
+    p.feed(html)
+    for t in p.tables:
+        t["rows"] = [r for r in t["rows"] if r]
+    return p.tables
+
+
+def header_direction(th: dict) -> tuple[str, str]:
+    """``("content_ssim", "↑")`` from a header cell reading ``content_ssim ↑``; exactly one arrow."""
+    words = th["text"].split()
+    arrows = [w for w in words if w in ("↑", "↓")]
+    assert len(arrows) == 1 and words.index(arrows[0]) == 1, th["text"]
+    return words[0], arrows[0]
 
 
 def _info(name: str, **params) -> dict:
@@ -59,3 +141,179 @@ def test_report_shows_two_configurations_of_a_method_side_by_side(tmp_path):
     # each row is its own configuration's mean, not the two pooled
     assert sorted(rows.values()) == pytest.approx(sorted(means), abs=1e-9)
     assert "<tr><td>reinhard</td>" not in html
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ranking by each metric's direction. A store written record by record with known values; every number, rank and
+# "best" mark of the report is checked against means taken straight from the SQLite file with pandas, and against
+# directions stated here (the metric names are made up, so nothing can come from a hard-coded list).
+
+METHODS = ("alpha", "beta", "gamma")
+LEVELS = ("color", "texture", "material", "stroke")
+SPLITS = ("seen", "unseen")
+HIB = {"score_up": True, "dist_down": False}
+"""Each test metric's direction, stated independently of the store."""
+GROUP = {"score_up": "fidelity", "dist_down": "style"}
+# mean per method and level; the winner differs by level, and `unseen` shifts some methods, so an ungrouped mean
+# or a flipped direction names another best method than the right one
+LEVEL_MEANS = {
+    "score_up": {"alpha": (0.90, 0.20, 0.50, 0.45), "beta": (0.30, 0.85, 0.40, 0.35),
+                 "gamma": (0.55, 0.50, 0.70, 0.60)},
+    "dist_down": {"alpha": (0.10, 0.60, 0.40, 0.30), "beta": (0.50, 0.20, 0.45, 0.55),
+                  "gamma": (0.35, 0.40, 0.15, 0.52)},
+}
+UNSEEN_SHIFT = {"score_up": {"alpha": 0.25, "beta": 0.0, "gamma": -0.30},
+                "dist_down": {"alpha": 0.35, "beta": -0.10, "gamma": 0.0}}
+SET_VALUES = {  # (metric, higher_is_better) → subset → method → value
+    ("set_down", False): {"all": {"alpha": 30.0, "beta": 12.5, "gamma": 20.0},
+                          "split=seen": {"alpha": 9.0, "beta": 14.0, "gamma": 11.0},
+                          "split=unseen": {"alpha": 40.0, "beta": 25.0, "gamma": 18.0}},
+    ("set_up", True): {"all": {"alpha": 0.2, "beta": 0.7, "gamma": 0.4},
+                       "split=seen": {"alpha": 0.9, "beta": 0.1, "gamma": 0.3}},
+}
+
+
+def _write_store(run: Path) -> None:
+    rng = np.random.default_rng(0)
+    with Store(run) as st:
+        run_id = st.begin_run("made-up", {"protocol": "made-up", "seeds": [0]}, {})
+        for metric, hib in HIB.items():
+            st.register_metric(MetricInfo(metric, hib, (0.0, 1.0), GROUP[metric], frozenset({"content"})))
+        infos = {m: MethodInfo(m, "1") for m in METHODS}
+        for info in infos.values():
+            st.register_method(info)
+        for split in SPLITS:
+            for li, level in enumerate(LEVELS):
+                for c in range(3):
+                    pair = f"c{c}__{level}-{split}"
+                    for m in METHODS:
+                        key = f"{m}:{pair}"
+                        st.write_sample(
+                            SampleRecord(key, run_id, m, infos[m].config_hash, "made-up", "1", pair, f"c{c}",
+                                         f"{level}-{split}", 0, split, level, level, "ok", None, None, 0.01, 1, 1,
+                                         "cpu_rss", "cpu"),
+                            [MetricValue(key, metric, LEVEL_MEANS[metric][m][li]
+                                         + (UNSEEN_SHIFT[metric][m] if split == "unseen" else 0.0)
+                                         + float(rng.normal(0, 0.03)), hib, GROUP[metric], "1", None)
+                             for metric, hib in HIB.items()])
+        for (metric, hib), subsets in SET_VALUES.items():
+            info = MetricInfo(metric, hib, (0.0, math.inf), "quality", frozenset({"style"}))
+            st.register_metric(info)
+            for subset, by_method in subsets.items():
+                for m, v in by_method.items():
+                    st.write_set_value(m, infos[m].config_hash, info, subset, v, 12, "digest")
+        st.finish_run(run_id)
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory):
+    """``(run folder, html tables, values read from SQLite by the test)``."""
+    run = tmp_path_factory.mktemp("ranked")
+    _write_store(run)
+    render(run)
+    with sqlite3.connect(run / DB_NAME) as c:
+        ref = pd.read_sql_query("SELECT s.method, s.split, s.level, v.metric, v.value FROM metric_values v "
+                                "JOIN samples s ON s.sample_key = v.sample_key", c)
+    assert len(ref) == len(METHODS) * len(SPLITS) * len(LEVELS) * 3 * len(HIB)
+    return run, html_tables((run / "index.html").read_text()), ref
+
+
+def _reference(ref: pd.DataFrame, metric: str, by: str | None = None) -> dict[str, pd.DataFrame]:
+    """Per column (``"all"`` or each value of ``by``): mean, 95% t half-width and rank (1 = best by ``HIB``) per
+    method."""
+    d = ref[ref.metric == metric]
+    out = {}
+    for col, g in ([("all", d)] if by is None else d.groupby(by)):
+        rows = {}
+        for m, v in g.groupby("method").value:
+            lo, hi = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
+            rows[m] = {"mean": v.mean(), "ci": (hi - lo) / 2}
+        t = pd.DataFrame(rows).T
+        order = sorted(t.index, key=lambda m: t.loc[m, "mean"], reverse=HIB[metric])  # best first
+        t["rank"] = [order.index(m) + 1 for m in t.index]
+        out[col] = t
+    return out
+
+
+def test_the_design_tells_directions_and_groupings_apart(ranked):
+    """The fixture's values make every later check discriminating: a flipped direction, or a split or level table
+    showing the overall mean, names another best method."""
+    _, _, ref = ranked
+    for metric in HIB:
+        overall = _reference(ref, metric)["all"]
+        assert overall["mean"].idxmax() != overall["mean"].idxmin()
+        best = overall["rank"].idxmin()
+        for by in ("split", "level"):
+            winners = {col: t["rank"].idxmin() for col, t in _reference(ref, metric, by).items()}
+            assert set(winners.values()) - {best}, (metric, by, winners)
+
+
+def test_leaderboard_ranks_and_best_cells_follow_each_metric_direction(ranked):
+    _, tables, ref = ranked
+    boards = [t for t in tables if t["h2"] == "Leaderboard" and t["h3"] != "set metrics"]
+    assert [t["h3"] for t in boards] == ["fidelity", "style"]
+    seen = set()
+    for t in boards:
+        assert t["head"][0]["text"] == "method" and [r[0]["text"].strip() for r in t["rows"]] == list(METHODS)
+        for j, th in enumerate(t["head"][1:], 1):
+            metric, arrow = header_direction(th)
+            assert arrow == ("↑" if HIB[metric] else "↓"), th["text"]
+            want = _reference(ref, metric)["all"]
+            for row in t["rows"]:
+                method, cell = row[0]["text"].strip(), row[j]
+                assert float(cell["v"]) == pytest.approx(want.loc[method, "mean"], abs=1e-12)
+                mean_text, ci_text = cell["text"].split("±")
+                assert float(mean_text) == pytest.approx(want.loc[method, "mean"], abs=5e-4)
+                assert float(ci_text) == pytest.approx(want.loc[method, "ci"], abs=5e-4)
+                assert int(cell["rank"]) == want.loc[method, "rank"], (metric, method)
+                assert ("best" in cell["class"].split()) == (want.loc[method, "rank"] == 1), (metric, method)
+            seen.add(metric)
+    assert seen == set(HIB)
+
+
+@pytest.mark.parametrize("by, h2", [("split", "Seen vs unseen styles"), ("level", "Per style level")])
+def test_split_and_level_tables_rank_within_each_group(ranked, by, h2):
+    run, tables, ref = ranked
+    tables = [t for t in tables if t["h2"] == h2]
+    assert tables
+    checked = set()
+    for t in tables:
+        if by == "split":  # one table per group: a column per (metric, split)
+            heads = [(*header_direction(th), th["sub"]) for th in t["head"][1:]]
+        else:  # one table per metric: a column per level, the metric in the corner
+            metric, arrow = header_direction(t["head"][0])
+            heads = [(metric, arrow, th["text"].strip()) for th in t["head"][1:]]
+            assert [h[2] for h in heads] == list(LEVELS)
+        for j, (metric, arrow, col) in enumerate(heads, 1):
+            assert arrow == ("↑" if HIB[metric] else "↓")
+            want = _reference(ref, metric, by)[col]
+            rows = {r[0]["text"].strip(): r[j] for r in t["rows"]}
+            assert set(rows) == set(METHODS)
+            for method, cell in rows.items():
+                assert float(cell["v"]) == pytest.approx(want.loc[method, "mean"], abs=1e-12), (metric, col, method)
+                assert ("best" in cell["class"].split()) == (want.loc[method, "rank"] == 1), (metric, col, method)
+            checked.add((metric, col))
+    assert checked == {(m, c) for m in HIB for c in (SPLITS if by == "split" else LEVELS)}
+    # the ranks behind the marks (the page shows them in the overall table only)
+    with Store(run) as st:
+        board = leaderboard(st.values(), by)
+    for metric in HIB:
+        for col, want in _reference(ref, metric, by).items():
+            assert {m: c.rank for m, c in board[metric][col].items()} == want["rank"].to_dict(), (metric, col)
+
+
+def test_set_metric_best_cells_follow_each_metric_direction(ranked):
+    _, tables, _ = ranked
+    (t,) = [t for t in tables if t["h3"] == "set metrics"]
+    heads = [(*header_direction(th), th["sub"]) for th in t["head"][1:]]
+    want_heads = sorted(((m, "↑" if hib else "↓", sub) for (m, hib), subs in SET_VALUES.items() for sub in subs),
+                        key=lambda h: (h[0], h[2] != "all", h[2]))
+    assert heads == want_heads
+    rows = {r[0]["text"].strip(): r[1:] for r in t["rows"]}
+    assert set(rows) == set(METHODS)
+    for j, (metric, arrow, subset) in enumerate(heads):
+        vals = SET_VALUES[(metric, arrow == "↑")][subset]
+        best = (max if arrow == "↑" else min)(vals, key=vals.get)
+        for method, cells in rows.items():
+            assert float(cells[j]["v"]) == vals[method]
+            assert ("best" in cells[j]["class"].split()) == (method == best), (metric, subset, method)

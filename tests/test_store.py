@@ -26,7 +26,7 @@ def test_sample_and_values_round_trip(tmp_path):
 def test_failed_transaction_leaves_nothing(tmp_path):
     with Store(tmp_path) as st:
         bad = [MetricValue("k1", "a", 0.5, True, "fidelity", "1", None), object()]
-        with pytest.raises(Exception):
+        with pytest.raises(TypeError):  # the second value is not a MetricValue: after the sample's INSERT
             st.write_sample(_sample("k1"), bad)
         assert st.sample_status(["k1"]) == {}
         assert st.values().empty
