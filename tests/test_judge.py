@@ -41,8 +41,9 @@ CHAT_TEMPLATE = (
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
-def write_tiny_qwen_vl(folder: Path) -> Path:
+def write_tiny_qwen_vl(folder: Path, answer: str | None = None) -> Path:
     """Save a tiny random-weight Qwen2.5-VL (model, processor, generation config) into ``folder``; return it.
+    With ``answer``, its text weights are wired so that greedy decoding answers exactly that (``_answer_with``).
 
     Tokenizer: byte-level BPE with no merges (the 256 byte symbols, one token per byte), built offline with
     ``tokenizers`` inside ``Qwen2Tokenizer``, plus Qwen2.5-VL's special tokens (ids 256-269); its ids are
@@ -99,10 +100,34 @@ def write_tiny_qwen_vl(folder: Path) -> Path:
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], do_sample=True, temperature=0.1, top_p=0.001,
         top_k=1, repetition_penalty=1.05,
     )
+    if answer is not None:
+        _answer_with(model, tokenizer, answer)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def _answer_with(model: torch.nn.Module, tokenizer, answer: str) -> None:
+    """Wire the text model so that greedy decoding after the prompt's last token (the ``\n`` of
+    ``<|im_start|>assistant\n``) writes ``answer`` and then ``<|im_end|>``, whatever the images: every layer's
+    output projections are zeroed (the residual stream at a position is then its token's embedding), each token
+    of the chain is embedded as its own basis vector, and the LM head maps that vector to the chain's next token.
+    The vision tower, processor, ``generate`` (with the judge's generation config), decoding and parsing stay real.
+    """
+    chain = tokenizer("\n" + answer)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    text = model.model.language_model
+    assert len(set(chain[:-1])) == len(chain) - 1 <= text.config.hidden_size, "each token once, one dimension each"
+    with torch.no_grad():
+        for layer in text.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        text.embed_tokens.weight.zero_()
+        text.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        for k, (token, following) in enumerate(zip(chain, chain[1:])):
+            text.embed_tokens.weight[token, k] = 1.0
+            model.lm_head.weight[following, k] = 100.0  # far above the repetition penalty's reach (÷1.05)
 
 
 @pytest.fixture(scope="module")
@@ -213,16 +238,18 @@ def test_rate_rejects_bad_shapes(judge: QwenJudge) -> None:
         judge.rate(torch.rand(2, 1, 56, 56), torch.rand(2, 1, 56, 56))
 
 
-def test_vlm_semantic_metric_through_the_weights_folder(tmp_path: Path) -> None:
-    """The registered metric loads the judge from ``<weights dir>/qwen2.5-vl-7b`` (the hub repo's layout)."""
+def test_vlm_semantic_metric_generates_decodes_and_parses_the_answer(tmp_path: Path) -> None:
+    """The registered metric loads the judge from ``<weights dir>/qwen2.5-vl-7b`` (the hub repo's layout). A tiny
+    judge whose weights make it answer "SCORE: 42" scores exactly 42 for every pair, through the real generate,
+    decode and parse, and the decoded answers are exactly that text."""
     from sxbench import registry, weights
 
-    write_tiny_qwen_vl(tmp_path / "qwen2.5-vl-7b")
+    write_tiny_qwen_vl(tmp_path / "qwen2.5-vl-7b", answer="SCORE: 42")
     assert weights.status("qwen2.5-vl-7b", tmp_path)["present"]
     metric = registry.create_metric("vlm_semantic", weights_dir=tmp_path)
     assert metric.info.backbone.startswith("qwen2.5-vl-7b@")
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(2, 3, 56, 56, generator=g), torch.rand(2, 3, 56, 56, generator=g)
     v = metric.score(x, style=y)
-    assert v.shape == (2,) and v.dtype == torch.float32
-    assert bool(((v >= 0) & (v <= 100) | torch.isnan(v)).all())
+    assert v.dtype == torch.float32 and v.tolist() == [42.0, 42.0]
+    assert metric.extractor.judge.last_answers == ["SCORE: 42", "SCORE: 42"]  # stopped at <|im_end|>, skipped

