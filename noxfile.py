@@ -18,8 +18,14 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def slow(session: nox.Session) -> None:
-    """Everything except GPU tests."""
+    """Everything except GPU tests: the default suite plus the ``slow`` ones (README command 1's whole run)."""
     session.run(sys.executable, "-m", "pytest", "-m", "not gpu", *session.posargs)
+
+
+@nox.session(python=False)
+def gpu(session: nox.Session) -> None:
+    """The CUDA tests (marker ``gpu``): each compares the GPU result with the CPU's; they skip without CUDA."""
+    session.run(sys.executable, "-m", "pytest", "-m", "gpu", *session.posargs)
 
 
 @nox.session(python=False)
