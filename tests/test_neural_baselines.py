@@ -149,13 +149,17 @@ def test_adain_colour_takes_the_style_statistics_by_alpha(decoder, tiny_weights)
         got = matched.stylize_batch(contents, styles, seeds=[0, 0])
         decoded = plain.stylize_batch(contents, styles, seeds=[0, 0])
         for g, d, s in zip(got, decoded, to_tensor(styles)):
-            # no pixel at the gamut's edge (measured 0.17 .. 0.87): nothing was clipped, so the statistics are
-            # exact up to float32 rounding (measured 1e-7 in Lab units)
-            assert 0 < float(g.min()) and float(g.max()) < 1
             lab_g, lab_d, lab_s = _lab(g), _lab(d), _lab(s)
-            np.testing.assert_allclose(lab_g.mean(0), (1 - alpha) * lab_d.mean(0) + alpha * lab_s.mean(0), atol=1e-3)
-            np.testing.assert_allclose(lab_g.std(0), (1 - alpha) * lab_d.std(0) + alpha * lab_s.std(0), atol=1e-3)
-            assert min(_channel_corr(lab_g, lab_d)) > 0.9999
+            # per channel, the transfer with strength α is the affine map x → a·x + b that takes the decoded
+            # image's mean and std to (1 − α)·decoded + α·style; checked pixel by pixel where sRGB did not clip it
+            # (the decoder's own output may sit at 0 or 1; the tiny decoder's colours depend on its training)
+            mean = (1 - alpha) * lab_d.mean(0) + alpha * lab_s.mean(0)
+            a = ((1 - alpha) * lab_d.std(0) + alpha * lab_s.std(0)) / lab_d.std(0)
+            inside, decoded_inside = (((x > 1e-6) & (x < 1 - 1e-6)).all(0).flatten().numpy() for x in (g, d))
+            assert inside.sum() > 0.5 * decoded_inside.sum(), "most pixels unclipped, or the check says little"
+            np.testing.assert_allclose(lab_g[inside], a * (lab_d[inside] - lab_d.mean(0)) + mean, atol=2e-3)
+            if inside.all():  # then the statistics themselves are exact (measured 1e-7 in Lab units)
+                np.testing.assert_allclose(lab_g.mean(0), mean, atol=1e-3)
         if alpha == 0.0:  # no style at all: the decoder's colours are kept
             assert all(torch.allclose(g, d, atol=1e-5) for g, d in zip(got, decoded))
     assert registry.create_method("adain", **kw).info.config_hash != raw.info.config_hash
