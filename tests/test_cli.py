@@ -27,7 +27,16 @@ def sx(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.Co
     return p
 
 
-def test_end_to_end_on_synth_smoke(tmp_path):
+def sx_here(capsys, *args: str) -> tuple[int, str, str]:
+    """The same command in this process (``sxbench.cli.main``): one interpreter start and torch import less.
+    Returns (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_end_to_end_on_synth_smoke(tmp_path, capsys):
     out = tmp_path / "smoke"
     p = sx("run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress")
     assert "56 generated, 0 already stored, 0 failed" in p.stdout  # 7 default methods × 8 pairs
@@ -42,19 +51,19 @@ def test_end_to_end_on_synth_smoke(tmp_path):
     _check_header_arrows(html)
     for src in __import__("re").findall(r'src="([^"]+\.png)"', html):
         assert (out / src).is_file(), src
-    # same command again: nothing recomputed
-    again = sx("run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress")
-    assert "0 generated, 56 already stored" in again.stdout
+    # same command again: nothing recomputed (the first run was a user's subprocess; the rest run in-process)
+    code, stdout, _ = sx_here(capsys, "run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress")
+    assert code == 0 and "0 generated, 56 already stored" in stdout
     # export in long format
-    sx("export", str(out))
+    assert sx_here(capsys, "export", str(out))[0] == 0
     df = pd.read_csv(out / "results.csv")
     assert {"method", "protocol", "split", "level", "content_id", "style_id", "seed", "metric", "value",
             "higher_is_better"} <= set(df.columns)
     assert len(df) == 7 * 8 * 8 and not df.duplicated(["method", "pair_id", "seed", "metric"]).any()
-    sx("export", str(out), "--format", "parquet", "--output", str(tmp_path / "r.parquet"))
+    assert sx_here(capsys, "export", str(out), "--format", "parquet", "--output", str(tmp_path / "r.parquet"))[0] == 0
     assert len(pd.read_parquet(tmp_path / "r.parquet")) == len(df)
     (out / "index.html").unlink()
-    sx("report", str(out))
+    assert sx_here(capsys, "report", str(out))[0] == 0
     assert (out / "index.html").is_file()
 
 
@@ -96,13 +105,14 @@ def _check_header_arrows(html: str) -> None:
     assert all(sections[m] == {"Expert utilization"} for m in DIRECTIONS), sections
 
 
-def test_list_and_helpful_errors(tmp_path):
+def test_list_and_helpful_errors(tmp_path, capsys):
     assert "content_ssim" in sx("list", "metrics").stdout
-    assert "synth-smoke" in sx("list", "protocols").stdout
+    assert "synth-smoke" in sx_here(capsys, "list", "protocols")[1]
+    # as a user sees it: exit 2 and one line, no traceback
     p = sx("run", "--methods", "reinhart", "--protocol", "synth-smoke", "--out", str(tmp_path), check=False)
-    assert p.returncode == 2 and "Did you mean 'reinhard'" in p.stderr
-    p = sx("report", str(tmp_path / "nothing"), check=False)
-    assert p.returncode == 2 and "sxbench run" in p.stderr
+    assert p.returncode == 2 and "Did you mean 'reinhard'" in p.stderr and "Traceback" not in p.stderr
+    code, _, err = sx_here(capsys, "report", str(tmp_path / "nothing"))
+    assert code == 2 and "sxbench run" in err
 
 
 def test_folder_with_odd_files_one_error_line_rest_runs(tmp_path):
