@@ -149,8 +149,8 @@ def test_kill_9_then_rerun_completes_without_duplicates_or_losses(tmp_path, caps
     assert sorted(stored) == sorted([("identity", p) for p in pairs] + [("reinhard", p) for p in pairs[:2]])
     assert nvals == kill_after * len(metrics) and status == [("running",)]
 
-    assert main(args) == 0  # the same command again (in-process: one interpreter start less): only the rest runs
-    summary = capsys.readouterr().out
+    code, summary, _ = sx_here(capsys, *args)  # the same command again, in-process: only the rest runs
+    assert code == 0
     assert f"{3 * 8 - kill_after} generated, {kill_after} already stored, 0 failed, 0 rescored" in summary
 
     with sqlite3.connect(out / "results.sqlite") as c:
