@@ -157,7 +157,7 @@ def find_decoder(checkpoint: str | os.PathLike | None) -> Path:
 
 
 def _encoder(device: str | torch.device, weights_dir: str | os.PathLike | None):
-    from sxbench.backbones.models import load_extractor
+    from sxbench.weights import load_extractor
 
     return load_extractor("vgg19", device, Path(weights_dir) if weights_dir else None)
 
@@ -165,6 +165,7 @@ def _encoder(device: str | torch.device, weights_dir: str | os.PathLike | None):
 # ------------------------------------------------------------------------------------------ method
 class AdaIN(Method):
     name = "adain"
+    takes_weights_dir = True
     reference = "Huang & Belongie, Arbitrary Style Transfer in Real-time with Adaptive Instance Normalization, ICCV 2017"
     licence = "code: Apache-2.0 (this project); encoder: VGG-19 CC BY 4.0 (registry, 8-bit); decoder: trained here"
 
@@ -177,9 +178,10 @@ class AdaIN(Method):
         self.vgg = _encoder(device, weights_dir)
         path = find_decoder(checkpoint)
         self.decoder, cfg = load_decoder(path, device)
-        super().__init__(device=device, alpha=float(alpha), colour=colour, checkpoint=str(path),
-                         weights_sha256=sha256(path / "decoder.safetensors"),
-                         encoder_sha256=self.vgg.weights_sha256, **({"reproduce": cfg["command"]} if "command" in cfg else {}))
+        super().__init__(device=device, alpha=float(alpha), colour=colour,
+                         weights_sha256=sha256(path / "decoder.safetensors"), encoder_sha256=self.vgg.weights_sha256)
+        # where the decoder lives is not what it is: a moved clone keeps its stored outputs
+        self.provenance = {"checkpoint": str(path), **({"reproduce": cfg["command"]} if "command" in cfg else {})}
 
     @torch.no_grad()
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *,

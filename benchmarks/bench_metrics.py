@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sxbench import registry, weights
-from sxbench.backbones.models import load_extractor
+from sxbench.weights import load_extractor
 
 FREE = [n for n in registry.metrics.names() if registry.metrics.get(n).info.backbone is None]
 WITH_BACKBONE = [n for n in registry.metrics.names() if registry.metrics.get(n).info.backbone is not None

@@ -58,10 +58,11 @@ class StyleExpertMethod(Method):
             raise ValueError(f"{path}: holds a {self.model.variant!r} model, {self.name} needs {self.variant!r}")
         self.pipe = StyleExpertPipeline(self.model)
         sampling = self.model.config["sampling"]
-        super().__init__(device=device, checkpoint=str(path), steps=steps or sampling["steps"],
+        super().__init__(device=device, steps=steps or sampling["steps"],
                          guidance=guidance if guidance is not None else sampling.get("guidance"),
-                         weights_sha256=_digest(path / "adapters.safetensors"),
-                         **({"reproduce": reproduce} if reproduce else {}))
+                         weights_sha256=_digest(path / "adapters.safetensors"))
+        # where the weights live is not what they are: a moved clone keeps its stored outputs
+        self.provenance = {"checkpoint": str(path), **({"reproduce": reproduce} if reproduce else {})}
         self._routing: Routing | None = None
 
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *,

@@ -91,8 +91,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics=args.metrics, device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
         method_args=_method_params(args.param), retry_failed=args.retry_failed, weights_dir=args.weights_dir,
     )
+    from sxbench.report import render
+
     t0 = time.perf_counter()
     summary = run(config)
+    log.info("writing the report")
+    render(summary.run_dir)
     dt = time.perf_counter() - t0
     print(f"{summary.generated} generated, {summary.skipped} already stored, {summary.failed} failed, "
           f"{summary.rescored} rescored in {dt:.1f} s")
@@ -140,6 +144,10 @@ def cmd_import(args: argparse.Namespace) -> int:
                        device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
                        weights_dir=args.weights_dir)
     s = import_outputs(args.dir, args.name, config, reference=args.reference, notes=args.notes)
+    from sxbench.report import render
+
+    log.info("writing the report")
+    render(s.run_dir)
     print(f"{s.imported} imported as {s.method}, {s.already_stored} already stored, {len(s.problems)} problem(s)"
           + (f", {s.replaced} samples of an earlier import replaced" if s.replaced else "")
           + (f", {s.rescored} rescored" if s.rescored else ""))

@@ -6,8 +6,8 @@ Two steps:
    content and style images written beside it exactly as native methods receive them (after the resize
    policy), and the file name each output must have (``<task_id>.png``);
 2. ``import_outputs`` (``sxbench import``): every expected file is read and checked (exists, decodes, 8-bit
-   RGB, the protocol's resolution), stored as if a native method named ``NAME`` had produced it, scored with the
-   protocol's metrics (per-image and set metrics, same code as ``sxbench run``), and the report rebuilt. A
+   RGB, the protocol's resolution), stored as if a native method named ``NAME`` had produced it, and scored with
+   the protocol's metrics by the same ``sxbench.evaluation.Evaluator`` as ``sxbench run``'s outputs. A
    missing, unreadable, non-RGB, wrong-size or unexpected file gives one line naming it and the fix; the rest
    is scored.
 
@@ -29,7 +29,6 @@ import hashlib
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,9 @@ from tqdm.auto import tqdm
 
 from sxbench import registry
 from sxbench.interfaces import PairSpec, Protocol
+from sxbench.evaluation import Evaluator, Item, chunks
 from sxbench.records import IMPORTED_VERSION, ImportedMethodInfo, SampleRecord, stable_hash
-from sxbench.runner import Runner, RunConfig, _chunks, provenance, sample_key
+from sxbench.runner import RunConfig, provenance, run_record, sample_key, save_grid_inputs, write_png
 from sxbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -83,13 +83,6 @@ def task_list(pairs: Sequence[PairSpec], seeds: Sequence[int]) -> list[Task]:
     return [Task(f"{safe_name(p.pair_id)}__s{s}", p, int(s)) for p in pairs for s in seeds]
 
 
-def _save_png(im: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    im.save(tmp)
-    os.replace(tmp, path)
-
-
 def write_tasks(protocol: Protocol, out: str | Path, seeds: Sequence[int] | None = None) -> tuple[Path, list[Task]]:
     """Write ``out`` (a ``.csv``; columns ``TASK_COLUMNS``) and the input images under ``<out stem>/inputs/``.
 
@@ -112,7 +105,7 @@ def write_tasks(protocol: Protocol, out: str | Path, seeds: Sequence[int] | None
                            ("style", [t.pair.style_id for t in tasks], protocol.style)):
         for image_id in dict.fromkeys(ids):
             path = inputs / kind / f"{safe_name(image_id)}.png"
-            _save_png(get(image_id), path)
+            write_png(get(image_id), path)
             paths[(kind, image_id)] = path.relative_to(out.parent).as_posix()
     rows = [{"task_id": t.task_id, "pair_id": t.pair.pair_id, "content_id": t.pair.content_id,
              "style_id": t.pair.style_id, "split": t.pair.split, "level": t.pair.level, "family": t.pair.family,
@@ -176,8 +169,20 @@ class ImportSummary:
     """Metric name → reason it was not computed."""
 
 
-class ImportRunner(Runner):
-    """A ``Runner`` whose outputs come from files: same inputs, scoring, set metrics and store."""
+class Importer:
+    """A producer whose outputs come from files; the run's ``Evaluator`` scores them as it scores ``Runner``'s."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.run_dir = config.run_dir
+        self.protocol: Protocol = registry.create_protocol(
+            config.protocol, **({"seeds": config.seeds} if config.seeds else {}), **config.protocol_args)
+        spec = self.protocol.spec
+        self.pairs = spec.pairs[: config.limit] if config.limit else spec.pairs
+        self.seeds = tuple(config.seeds or spec.seeds)
+        self.evaluator = Evaluator(self.protocol, self.pairs, self.seeds, metrics=config.metrics, device=config.device,
+                                   weights_dir=config.weights_dir, run_dir=self.run_dir, progress=config.progress)
+        self.skipped_metrics = self.evaluator.skipped
 
     def import_outputs(self, directory: str | Path, name: str, *, reference: str = "", notes: str = "") -> ImportSummary:
         cfg, spec = self.config, self.protocol.spec
@@ -226,19 +231,13 @@ class ImportRunner(Runner):
         store = Store(self.run_dir)
         try:
             replaced = self._replace_earlier(store, info)
-            config = {
-                "protocol": spec.name, "protocol_version": spec.version, "protocol_params": spec.params,
-                "resolution": spec.resolution, "resize_policy": spec.resize_policy, "seeds": list(self.seeds),
-                "limit": cfg.limit, "methods": [name], "metrics": [m.info.name for m in [*self.metrics, *self.set_metrics]],
-                "n_pairs": len(self.pairs), "argv": sys.argv,
-                "import": {"method": name, "method_config": info.config_hash, **info.provenance, "reference": reference},
-            }
+            config = run_record(spec, self.seeds, cfg.limit, len(self.pairs), [name], self.evaluator) | {
+                "import": {"method": name, "method_config": info.config_hash, **info.provenance, "reference": reference}}
             prov = provenance(cfg.device) | {"input_errors": list(self.protocol.input_errors),
                                               "skipped_metrics": dict(self.skipped_metrics), "import_problems": list(lines)}
             run_id = store.begin_run(spec.name, config, prov)
-            for m in [*self.metrics, *self.set_metrics]:
-                store.register_metric(m.info)
-            self._save_grid_inputs()
+            self.evaluator.register(store)
+            save_grid_inputs(self.protocol, self.pairs, self.run_dir)
             store.register_method(info)
             keys = {t.task_id: sample_key(info.config_hash, spec.name, spec.version, t.pair, t.seed) for t in tasks}
             status = store.sample_status(keys.values())
@@ -246,17 +245,16 @@ class ImportRunner(Runner):
             for t in tasks:
                 if t.task_id in problems:  # recorded as failed samples, so the report counts them
                     store.write_sample(self._record(info, run_id, t, keys[t.task_id], error=problems[t.task_id]))
-            for chunk in tqdm(list(_chunks(todo, max(1, cfg.batch_size))), desc=f"import {name}",
+            for chunk in tqdm(list(chunks(todo, max(1, cfg.batch_size))), desc=f"import {name}",
                               disable=not cfg.progress or not todo):
                 ks = [keys[t.task_id] for t in chunk]
                 outs = [self._reread(directory / t.output_file, images[t.task_id]) for t in chunk]
-                values = self._score(outs, [t.pair for t in chunk], ks)
+                values = self.evaluator.score([Item(k, t.pair, im) for t, k, im in zip(chunk, ks, outs)])
                 for t, k, im in zip(chunk, ks, outs):
                     rel = f"images/{name}/{k}.png"
-                    self._write_png(im, rel)
+                    write_png(im, self.run_dir / rel)
                     store.write_sample(self._record(info, run_id, t, k, output_path=rel), values.get(k, []))
-            rescored = self._complete_scores(store)
-            self._set_scores(store)
+            rescored = self.evaluator.finish(store, self.run_dir, None)
             store.finish_run(run_id, prov)
         finally:
             store.close()
@@ -317,16 +315,11 @@ def check_name(name: str) -> None:
 def import_outputs(directory: str | Path, name: str, config: RunConfig, *, reference: str = "",
                    notes: str = "") -> ImportSummary:
     """Validate, store and score ``directory/<task_id>.png`` as method ``name`` under ``config.protocol`` (its
-    ``methods`` are ignored); then render the report."""
+    ``methods`` are ignored). The caller renders the report (``sxbench.report.render``)."""
     from dataclasses import replace
 
-    from sxbench.report import render
-
     check_name(name)
-    summary = ImportRunner(replace(config, methods=(name,))).import_outputs(directory, name, reference=reference,
-                                                                             notes=notes)
-    render(summary.run_dir)
-    return summary
+    return Importer(replace(config, methods=(name,))).import_outputs(directory, name, reference=reference, notes=notes)
 
 
 def imported_methods(run_dir: str | Path) -> set[str]:
@@ -337,5 +330,5 @@ def imported_methods(run_dir: str | Path) -> set[str]:
         return {m for (m, _), i in store.methods().items() if i.get("version") == IMPORTED_VERSION}
 
 
-__all__ = ["ImportRunner", "ImportSummary", "TASK_COLUMNS", "Task", "check_name", "import_outputs", "imported_methods",
+__all__ = ["ImportSummary", "Importer", "TASK_COLUMNS", "Task", "check_name", "import_outputs", "imported_methods",
            "read_output", "safe_name", "task_list", "write_tasks"]

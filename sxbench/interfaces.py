@@ -10,15 +10,12 @@ Images cross these interfaces in two forms:
 from __future__ import annotations
 
 import abc
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
-import torchmetrics
 from PIL import Image
-from torchmetrics.utilities import dim_zero_cat
 
 from sxbench.records import MethodInfo, MetricInfo
 
@@ -42,6 +39,11 @@ class Method(abc.ABC):
 
     Constructor keyword arguments are the method's parameters; ``info`` records their resolved values, so
     two instances with equal parameters share stored outputs.
+
+    ``params`` is what determines the outputs (the parameters and the sha256 of any weights); its hash keys every
+    stored sample. ``provenance`` (where the files live, the command that reproduces the weights) is shown on the
+    method card and never keys outputs: a subclass fills it after ``super().__init__``, so a clone moved to
+    another folder keeps its stored outputs.
     """
 
     name: ClassVar[str]
@@ -52,16 +54,21 @@ class Method(abc.ABC):
     """Citation or URL."""
     deterministic: ClassVar[bool] = True
     """Whether the output ignores the seed."""
+    takes_weights_dir: ClassVar[bool] = False
+    """Whether the constructor takes ``weights_dir`` (registry backbones, ``sxbench.weights``): the runner then
+    passes ``--weights-dir``. Where the weights are is not a parameter: it is not recorded in ``info``."""
     licence: ClassVar[str] = ""
     """Licences of the code and of any weights, for the method card."""
 
     def __init__(self, *, device: str | torch.device = "cpu", **params: Any) -> None:
         self.device = torch.device(device)
         self.params = params
+        self.provenance: dict[str, Any] = {}
 
     @property
     def info(self) -> MethodInfo:
-        """Name, version and resolved parameters; its ``config_hash`` keys stored outputs."""
+        """Name, version, resolved parameters and provenance; its ``config_hash`` (of no provenance) keys stored
+        outputs."""
         return MethodInfo(
             name=self.name,
             version=self.version,
@@ -69,6 +76,7 @@ class Method(abc.ABC):
             reference=self.reference,
             deterministic=self.deterministic,
             licence=self.licence,
+            provenance=dict(self.provenance),
         )
 
     @abc.abstractmethod
@@ -93,29 +101,50 @@ class Method(abc.ABC):
         return None
 
 
-class ImageMetric(torchmetrics.Metric, abc.ABC):
-    """A per-image metric. Subclasses set ``info`` and write ``score``; the torchmetrics shell (state,
-    ``update``, ``compute``, ``reset``, device moves, DDP sync) comes from here.
+@dataclass(frozen=True)
+class EvalContext:
+    """Everything a metric is built from, given explicitly (``factory(context)``; nothing is sniffed from
+    signatures). ``sxbench.evaluation.Evaluator`` makes one per run and shares it between all metrics."""
 
-    ``score`` takes ``output`` and the inputs named in ``info.requires``, each ``(B, 3, H, W)`` float32 in
-    ``[0, 1]``, and returns ``(B,)`` float values. ``compute`` is the mean over all updates.
+    device: str = "cpu"
+    """Device the backbones run on."""
+    weights_dir: str | None = None
+    """Pretrained weights folder (``sxbench.weights``); ``None``: ``$SXBENCH_WEIGHTS`` or the user cache."""
+    cache: Any = None
+    """The run's ``sxbench.backbones.models.FeatureCache`` (memory, and the run folder's feature files); ``None``:
+    the metric keeps its own in memory."""
+
+
+class Metric(abc.ABC):
+    """The one shape of every metric: a ``MetricInfo`` (whose ``scope`` says what one value describes), built as
+    ``factory(context)`` from an ``EvalContext``, evaluated by one method whose input depends on the scope:
+
+    * ``image`` (``ImageMetric``): ``score(output, *, content, style, target, keys) → (B,)``, one value per output;
+    * ``set`` (``sxbench.metrics.sets.SetMetric``): ``compute(view) → float | None`` over the features of a
+      method's outputs in one subset (``all``, ``split=seen``, …);
+    * ``experts`` (``sxbench.metrics.experts.ExpertMetric``): ``compute(view) → float`` over a mixture method's
+      stored routing.
+
+    Why not torchmetrics' ``Metric``: its state is a running aggregate that ``compute`` reduces, but sxbench
+    stores every per-image value under its sample key, chooses the subsets of a set metric after scoring, and
+    shares backbone features between metrics through one cache; ``update``/``compute`` would be an unused shell.
+    See ``sxbench.evaluation`` for how the evaluator drives the three scopes.
     """
 
     info: ClassVar[MetricInfo]
-    full_state_update: ClassVar[bool] = False
-    is_differentiable: ClassVar[bool] = False
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        info = cls.__dict__.get("info")
-        if info is not None:
-            cls.higher_is_better = info.higher_is_better
-            cls.plot_lower_bound = info.range[0]
-            cls.plot_upper_bound = info.range[1]
+    def __init__(self, context: EvalContext | None = None) -> None:
+        self.context = context if context is not None else EvalContext()
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.add_state("values", default=[], dist_reduce_fx="cat")
+
+class ImageMetric(Metric):
+    """A per-image metric. Subclasses set ``info`` and write ``score``.
+
+    ``score`` takes ``output`` and the inputs named in ``info.requires``, each ``(B, 3, H, W)`` float32 in
+    ``[0, 1]``, and returns ``(B,)`` float values. ``keys`` (``{"output": [...], "content": [...], "style":
+    [...]}``, one stable image id per row, e.g. the image's sha256) lets metrics on a pretrained backbone take
+    features from the run's ``FeatureCache`` instead of running the backbone again; weight-free metrics ignore it.
+    """
 
     @abc.abstractmethod
     def score(
@@ -125,21 +154,9 @@ class ImageMetric(torchmetrics.Metric, abc.ABC):
         content: torch.Tensor | None = None,
         style: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
+        keys: dict[str, Sequence[str]] | None = None,
     ) -> torch.Tensor:
         """Per-image values, shape ``(B,)``."""
-
-    def update(
-        self,
-        output: torch.Tensor,
-        *,
-        content: torch.Tensor | None = None,
-        style: torch.Tensor | None = None,
-        target: torch.Tensor | None = None,
-    ) -> None:
-        self.values.append(self.score(output, content=content, style=style, target=target).detach().float())
-
-    def compute(self) -> torch.Tensor:
-        return dim_zero_cat(self.values).mean()
 
 
 @dataclass(frozen=True)
@@ -204,11 +221,3 @@ class Protocol(abc.ABC):
     def target(self, pair_id: str) -> Image.Image | None:
         """The ground-truth stylized image, or ``None`` when the protocol has none."""
         return None
-
-
-def accepted_kwargs(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The subset of ``kwargs`` that ``fn`` accepts (all of them if it takes ``**kwargs``)."""
-    sig = inspect.signature(fn)
-    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return dict(kwargs)
-    return {k: v for k, v in kwargs.items() if k in sig.parameters}

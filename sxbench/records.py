@@ -9,16 +9,33 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 Direction = Literal["higher", "lower"]
 Requirement = Literal["content", "style", "target"]
+Scope = Literal["image", "set", "experts"]
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
     """Hex digest (``n`` characters) of a JSON-serialisable object, independent of dict order."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def sample_key_of(method_config: str, protocol: str, protocol_version: str, pair_id: str, content_id: str,
+                  style_id: str, seed: int) -> str:
+    """Content hash of (method config, protocol, content, style, seed): a sample's key and PNG stem."""
+    return stable_hash([method_config, protocol, protocol_version, pair_id, content_id, style_id, seed], 24)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -37,10 +54,14 @@ class MethodInfo:
     """Whether the output ignores the seed."""
     licence: str = ""
     """Licences of the code and of the weights (method card; not part of ``config_hash``)."""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    """Where the method's files live and how to reproduce them (checkpoint folder, training command, import
+    folder and date): shown on the method card, never part of ``config_hash``, so moving a clone or re-annotating
+    an import keeps every stored output. What determines the outputs (parameters, weights sha256) is ``params``."""
 
     @property
     def config_hash(self) -> str:
-        """Short hash of name, version and parameters; part of every sample key."""
+        """Short hash of name, version and parameters (identity, not provenance); part of every sample key."""
         return stable_hash({"name": self.name, "version": self.version, "params": self.params})
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,10 +75,8 @@ IMPORTED_VERSION = "imported"
 @dataclass(frozen=True)
 class ImportedMethodInfo(MethodInfo):
     """An external method's imported outputs. ``params`` holds only ``digest`` (of the imported pixels), so the
-    sample keys follow the images; where and when they came from is ``provenance``, outside the key."""
-
-    provenance: dict[str, Any] = field(default_factory=dict)
-    """``source`` (import folder), ``notes``, ``imported_at`` (UTC, ISO 8601), ``files`` and ``problems`` counts."""
+    sample keys follow the images; where and when they came from is ``provenance`` (``source`` import folder,
+    ``notes``, ``imported_at`` UTC ISO 8601, ``files`` and ``problems`` counts), outside the key."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +99,9 @@ class MetricInfo:
     """Name of the pretrained backbone in the weights module, ``None`` for weight-free metrics."""
     description: str = ""
     """One sentence for the report."""
+    scope: Scope = "image"
+    """What one value describes: ``image`` (one output), ``set`` (a method's outputs over a subset: FID) or
+    ``experts`` (a mixture method's routing). See ``sxbench.evaluation``."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -90,9 +90,12 @@ def create_method(name: str, **kwargs: Any):
     return methods.get(name)(**kwargs)
 
 
-def create_metric(name: str, **kwargs: Any):
-    """A ready ``ImageMetric`` instance: ``create_metric("content_ssim")``."""
-    return metrics.get(name)(**kwargs)
+def create_metric(name: str, **context: Any):
+    """A ready metric: ``create_metric("content_ssim")``, ``create_metric("dino_content", weights_dir="w")``.
+    Keyword arguments are the fields of ``sxbench.interfaces.EvalContext``; every metric factory takes one."""
+    from sxbench.interfaces import EvalContext
+
+    return metrics.get(name)(EvalContext(**context))
 
 
 def create_protocol(name: str, **kwargs: Any):

@@ -1,17 +1,18 @@
 """The runner: methods × pairs × seeds, batched, stored, scored; resumable after any crash.
 
-Stages, each restartable:
+The runner is a producer: it makes outputs and hands them to the run's ``sxbench.evaluation.Evaluator``, which
+owns every score (``sxbench import`` is the other producer). Stages, each restartable:
 
 1. generate: for every (method, pair, seed) without a stored sample, run the method in batches, write the
-   PNG (atomically), score it, and commit sample plus values in one transaction;
-2. complete scores: samples stored earlier but missing a metric (a metric added later) are scored from
-   their PNGs;
-3. report: ``sxbench.report.render`` rebuilds ``index.html`` from the store.
+   PNG (atomically), score it (``Evaluator.score``), and commit sample plus values in one transaction;
+2. evaluate the rest (``Evaluator.finish``): samples stored earlier but missing a metric are scored from their
+   PNGs, then set metrics and expert statistics.
+
+The CLI renders the report afterwards (``sxbench.report.render``).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import platform
@@ -21,21 +22,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
 from sxbench import registry
-from sxbench.backbones.models import FeatureCache
-from sxbench.imageio import load_image, to_pil, to_tensor
-from sxbench.interfaces import ImageMetric, Method, PairSpec, Protocol
-from sxbench.records import MetricValue, SampleRecord, stable_hash
+from sxbench.evaluation import Evaluator, Item, chunks
+from sxbench.imageio import to_pil
+from sxbench.interfaces import Method, PairSpec, Protocol
+from sxbench.records import SampleRecord, sample_key_of, stable_hash
 from sxbench.store import Store
-from sxbench.metrics.sets import SetMetric, is_set_metric
-from sxbench.weights import WeightsMissingError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +117,7 @@ class RunSummary:
 
 def sample_key(method_config: str, protocol: str, protocol_version: str, pair: PairSpec, seed: int) -> str:
     """Content hash of (method config, protocol, content, style, seed): the sample's key and PNG stem."""
-    return stable_hash([method_config, protocol, protocol_version, pair.pair_id, pair.content_id, pair.style_id, seed], 24)
+    return sample_key_of(method_config, protocol, protocol_version, pair.pair_id, pair.content_id, pair.style_id, seed)
 
 
 def provenance(device: str) -> dict[str, Any]:
@@ -150,11 +148,6 @@ def provenance(device: str) -> dict[str, Any]:
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return info
-
-
-def _chunks(items: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
 
 
 class _Meter:
@@ -193,105 +186,21 @@ class Runner:
         spec = self.protocol.spec
         self.pairs = spec.pairs[: config.limit] if config.limit else spec.pairs
         self.seeds = tuple(config.seeds or spec.seeds)
-        self.skipped_metrics: dict[str, str] = {}
-        self.metrics: list[ImageMetric] = []
-        self.features = FeatureCache()
         self._kill_after = _kill_after_samples()
         self._committed = 0
-        self.set_metrics: list[SetMetric] = []
-        extra = {"device": config.device, "weights_dir": config.weights_dir, "cache": self.features}
-        names = list(dict.fromkeys(config.metrics or spec.metrics))
-        for name in list(names):
-            if name not in registry.metrics and not config.metrics:  # a protocol default this install lacks
-                self.skipped_metrics[name] = f"not run: metric {name!r} is not available in this installation"
-                names.remove(name)
-                continue
-            dep = getattr(registry.metrics.get(name), "distance_metric", None)  # unknown explicit names fail here
-            if dep and dep not in names:  # set metrics built on a per-image metric get it too (artfid)
-                names.append(dep)
-        for name in names:
-            factory = registry.metrics.get(name)
-            try:
-                named = inspect.signature(factory).parameters  # explicit keywords only, not **kwargs
-                metric = factory(**{k: v for k, v in extra.items() if k in named})
-                (self.set_metrics if is_set_metric(factory) else self.metrics).append(metric)
-            except WeightsMissingError:
-                if config.metrics:  # asked for by name: fail now, before any work
-                    raise
-                self.skipped_metrics[name] = f"not run: {sys.exc_info()[1]}"
-                log.warning("metric %s not run: weights missing (see `sxbench weights list`)", name)
-            except Exception as exc:
-                if config.metrics:
-                    raise
-                self.skipped_metrics[name] = f"not run: {type(exc).__name__}: {exc}"
-                log.warning("metric %s skipped: %s", name, exc)
+        self.evaluator = Evaluator(self.protocol, self.pairs, self.seeds, metrics=config.metrics, device=config.device,
+                                  weights_dir=config.weights_dir, run_dir=self.run_dir, progress=config.progress)
+        self.skipped_metrics = self.evaluator.skipped
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _inputs(self, pair: PairSpec) -> tuple[Image.Image, Image.Image, Image.Image | None]:
-        return (
-            self.protocol.content(pair.content_id),
-            self.protocol.style(pair.style_id),
-            self.protocol.target(pair.pair_id) if pair.has_target else None,
-        )
-
-    def _score(self, outputs: list[Image.Image], pairs: Sequence[PairSpec], keys: Sequence[str],
-               only: dict[str, set[str]] | None = None) -> dict[str, list[MetricValue]]:
-        """Score outputs with every applicable metric; ``only[key]`` restricts which metrics per sample."""
-        inputs = [self._inputs(p) for p in pairs]
-        out: dict[str, list[MetricValue]] = {k: [] for k in keys}
-        size = self.protocol.spec.resolution
-        x = to_tensor([o if o.size == (size, size) else o.resize((size, size), Image.Resampling.LANCZOS) for o in outputs])
-        content = to_tensor([i[0] for i in inputs])
-        style = to_tensor([i[1].resize((size, size), Image.Resampling.LANCZOS) if i[1].size != (size, size) else i[1] for i in inputs])
-        has_target = [i[2] is not None for i in inputs]
-        wants_keys: dict[str, bool] = {}
-        for m in self.metrics:
-            info = m.info
-            rows = [j for j, k in enumerate(keys) if (only is None or info.name in only[k])
-                    and ("target" not in info.requires or has_target[j])]
-            if not rows:
-                continue
-            idx = torch.tensor(rows)
-            kwargs: dict[str, torch.Tensor] = {}
-            if "content" in info.requires:
-                kwargs["content"] = content[idx]
-            if "style" in info.requires:
-                kwargs["style"] = style[idx]
-            if "target" in info.requires:
-                kwargs["target"] = to_tensor([inputs[j][2] for j in rows])
-            if wants_keys.setdefault(info.name, "keys" in inspect.signature(m.score).parameters):
-                kwargs["keys"] = {"output": [f"out:{keys[j]}" for j in rows],
-                                  "content": [f"content:{pairs[j].content_id}" for j in rows],
-                                  "style": [f"style:{pairs[j].style_id}" for j in rows]}
-            try:
-                with torch.no_grad():
-                    vals = m.score(x[idx], **kwargs).tolist()
-            except Exception as exc:
-                log.error("metric %s failed on %d samples: %s: %s", info.name, len(rows), type(exc).__name__, exc)
-                continue
-            for j, v in zip(rows, vals):
-                if np.isfinite(v):
-                    out[keys[j]].append(MetricValue(keys[j], info.name, float(v), info.higher_is_better, info.group,
-                                                    info.version, info.backbone))
-        return out
+    def _inputs(self, pair: PairSpec) -> tuple[Image.Image, Image.Image]:
+        return self.protocol.content(pair.content_id), self.protocol.style(pair.style_id)
 
     def _write_png(self, im: Image.Image, rel: str) -> None:
-        path = self.run_dir / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        im.save(tmp)
-        os.replace(tmp, path)
+        write_png(im, self.run_dir / rel)
 
     def _save_grid_inputs(self) -> None:
-        from sxbench.report import grid_pairs
-
-        for pair in grid_pairs(self.pairs):
-            content, style, target = self._inputs(pair)
-            for kind, im, name in (("content", content, pair.content_id), ("style", style, pair.style_id),
-                                   ("target", target, pair.pair_id)):
-                rel = f"inputs/{kind}/{stable_hash(name, 16)}.png"
-                if im is not None and not (self.run_dir / rel).exists():
-                    self._write_png(im, rel)
+        save_grid_inputs(self.protocol, self.pairs, self.run_dir)
 
     # -------------------------------------------------------------------------------------------- stages
     def run(self) -> RunSummary:
@@ -300,21 +209,17 @@ class Runner:
         try:
             prov = provenance(cfg.device) | {"input_errors": list(self.protocol.input_errors),
                                               "skipped_metrics": dict(self.skipped_metrics)}
-            config = {
-                "protocol": spec.name, "protocol_version": spec.version, "protocol_params": spec.params,
-                "resolution": spec.resolution, "resize_policy": spec.resize_policy, "seeds": list(self.seeds),
-                "limit": cfg.limit, "methods": list(cfg.methods), "method_args": cfg.method_args,
-                "metrics": [m.info.name for m in [*self.metrics, *self.set_metrics]], "device": cfg.device, "batch_size": cfg.batch_size, "retry_failed": cfg.retry_failed,
-                "n_pairs": len(self.pairs), "argv": sys.argv,
-            }
+            config = run_record(spec, self.seeds, cfg.limit, len(self.pairs), cfg.methods, self.evaluator) | {
+                "method_args": cfg.method_args, "device": cfg.device, "batch_size": cfg.batch_size,
+                "retry_failed": cfg.retry_failed}
             run_id = store.begin_run(spec.name, config, prov)
-            for m in [*self.metrics, *self.set_metrics]:
-                store.register_metric(m.info)
+            self.evaluator.register(store)
             self._save_grid_inputs()
             generated = skipped = failed = 0
             failed_methods: dict[str, str] = {}
             for name in cfg.methods:
                 try:
+                    log.info("%s: loading", name)
                     method = registry.create_method(name, device=cfg.device,
                                                     **{**_weights_kwargs(name, cfg), **cfg.method_args.get(name, {})})
                 except registry.UnknownNameError:
@@ -325,8 +230,7 @@ class Runner:
                     continue
                 g, s, f = self._generate(store, run_id, method)
                 generated, skipped, failed = generated + g, skipped + s, failed + f
-            rescored = self._complete_scores(store)
-            self._set_scores(store)
+            rescored = self.evaluator.finish(store, self.run_dir, cfg.methods)
             prov |= {"failed_methods": failed_methods}
             store.finish_run(run_id, prov)
         finally:
@@ -345,10 +249,10 @@ class Runner:
         if skipped:
             log.info("%s: %d of %d samples already stored, skipping them", info.name, skipped, len(work))
         bar = tqdm(total=len(todo), desc=info.name, unit="img", disable=not cfg.progress or not todo, leave=True)
-        for batch in _chunks(todo, max(1, cfg.batch_size)):
+        for batch in chunks(todo, max(1, cfg.batch_size)):
             results = self._stylize(method, batch)
-            ok = [(w, r) for w, r in zip(batch, results) if isinstance(r[0], Image.Image)]
-            values = self._score([r[0] for _, r in ok], [w[0] for w, _ in ok], [w[2] for w, _ in ok]) if ok else {}
+            ok = [Item(w[2], w[0], r[0]) for w, r in zip(batch, results) if isinstance(r[0], Image.Image)]
+            values = self.evaluator.score(ok)
             for (pair, seed, key), (out, seconds, n, meter, routing) in zip(batch, results):
                 is_ok = isinstance(out, Image.Image)
                 rel = f"images/{info.name}/{key}.png" if is_ok else None
@@ -379,7 +283,7 @@ class Runner:
         Returns per sample ``(PIL image or error message, batch seconds, batch size, meter, routing rows)``.
         """
         try:
-            contents, styles = zip(*[self._inputs(p)[:2] for p, _, _ in batch])
+            contents, styles = zip(*[self._inputs(p) for p, _, _ in batch])
             with _Meter(method.device) as meter:
                 outputs = method.stylize_batch(list(contents), list(styles), seeds=[s for _, s, _ in batch])
             if len(outputs) != len(batch):
@@ -402,106 +306,44 @@ class Runner:
                 results.append((f"invalid output: {exc}", meter.seconds, len(batch), meter, []))
         return results
 
-    def _complete_scores(self, store: Store) -> int:
-        """Score stored samples that lack values for some of this run's metrics (from their PNGs)."""
-        if not self.metrics:
-            return 0
-        samples = store.samples()
-        samples = samples[(samples.status == "ok") & (samples.protocol == self.protocol.spec.name)]
-        pairs = {p.pair_id: p for p in self.pairs}
-        samples = samples[samples.pair_id.isin(pairs)]
-        have = store.scored_metrics(samples.sample_key)
-        names = {m.info.name for m in self.metrics}
-        need: dict[str, set[str]] = {}
-        for key, pair_id in zip(samples.sample_key, samples.pair_id):
-            applicable = {m.info.name for m in self.metrics if "target" not in m.info.requires or pairs[pair_id].has_target}
-            missing = (names & applicable) - have[key]
-            if missing:
-                need[key] = missing
-        if not need:
-            return 0
-        rows = samples[samples.sample_key.isin(need)]
-        n = 0
-        for chunk in tqdm(list(_chunks(list(rows.itertuples()), 32)), desc="scoring", disable=not self.config.progress):
-            outs = [load_image(self.run_dir / r.output_path) for r in chunk]
-            keys = [r.sample_key for r in chunk]
-            values = self._score(outs, [pairs[r.pair_id] for r in chunk], keys, only=need)
-            for k in keys:
-                store.write_values(values[k])
-            n += len(chunk)
-        return n
+
+def run_record(spec: Any, seeds: Sequence[int], limit: int | None, n_pairs: int, methods: Sequence[str],
+               evaluator: Evaluator) -> dict[str, Any]:
+    """What the store records of a run's configuration (``runs.config``), for both producers."""
+    return {"protocol": spec.name, "protocol_version": spec.version, "protocol_params": spec.params,
+            "resolution": spec.resolution, "resize_policy": spec.resize_policy, "seeds": list(seeds), "limit": limit,
+            "methods": list(methods), "metrics": [m.info.name for m in evaluator.metrics], "n_pairs": n_pairs,
+            "argv": sys.argv}
 
 
-    def _set_scores(self, store: Store) -> None:
-        """Set metrics per (method, subset): ``all`` and each split. Recomputed only when the set of samples or
-        the metric version changed; output features are computed once and shared by every set metric."""
-        if not self.set_metrics:
-            return
-        samples = store.samples()
-        pairs = {p.pair_id: p for p in self.pairs}
-        samples = samples[(samples.status == "ok") & (samples.protocol == self.protocol.spec.name)
-                          & samples.pair_id.isin(pairs) & samples.seed.isin(self.seeds)
-                          & samples.method.isin(self.config.methods)]
-        values = store.values()
-        stored = store.set_hashes()
-        size = self.protocol.spec.resolution
-        for (method, config_hash), rows in samples.groupby(["method", "method_config"]):
-            subsets = {"all": rows} | {f"split={s}": g for s, g in rows.groupby("split")} if rows.split.nunique() > 1 \
-                else {"all": rows}
-            for subset, sub in subsets.items():
-                digest = stable_hash(",".join(sorted(sub.sample_key)), 16)
-                todo = [m for m in self.set_metrics
-                        if stored.get((method, config_hash, m.info.name, subset)) != (digest, m.info.version)]
-                if not todo:
-                    continue
-                if len(sub) < todo[0].min_samples:
-                    for m in todo:
-                        store.write_set_value(method, config_hash, m.info, subset, None, len(sub), digest)
-                    continue
-                feats_out, feats_style = [], []
-                for chunk in _chunks(list(sub.itertuples()), 32):
-                    outs = to_tensor([_at(load_image(self.run_dir / r.output_path), size) for r in chunk])
-                    styles = to_tensor([self._style_image(pairs[r.pair_id].style_id, size) for r in chunk])
-                    feats_out.append(todo[0].features(outs, [f"out:{r.sample_key}" for r in chunk]))
-                    feats_style.append(todo[0].features(styles, [f"style:{pairs[r.pair_id].style_id}" for r in chunk]))
-                fo, fs = np.concatenate(feats_out), np.concatenate(feats_style)
-                for m in todo:
-                    dist = None
-                    dep = getattr(m, "distance_metric", None)
-                    if dep:
-                        v = values[(values.metric == dep) & values.sample_key.isin(sub.sample_key)]
-                        dist = v.value.to_numpy() if len(v) == len(sub) else None
-                    try:
-                        val = m.compute(fo, fs, dist)
-                    except Exception as exc:
-                        log.error("set metric %s failed for %s (%s): %s: %s", m.info.name, method, subset,
-                                  type(exc).__name__, exc)
-                        val = None
-                    store.write_set_value(method, config_hash, m.info, subset, val, len(sub), digest)
-
-    def _style_image(self, style_id: str, size: int) -> Image.Image:
-        return _at(self.protocol.style(style_id), size)
+def write_png(im: Image.Image, path: Path) -> None:
+    """Write ``im`` to ``path`` atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    im.save(tmp)
+    os.replace(tmp, path)
 
 
-def _at(im: Image.Image, size: int) -> Image.Image:
-    return im if im.size == (size, size) else im.resize((size, size), Image.Resampling.LANCZOS)
+def save_grid_inputs(protocol: Protocol, pairs: Sequence[PairSpec], run_dir: Path) -> None:
+    """The inputs of the report's image grid (``sxbench.report.grid_pairs``) as PNGs under ``run_dir/inputs``."""
+    from sxbench.report import grid_pairs
+
+    for pair in grid_pairs(pairs):
+        target = protocol.target(pair.pair_id) if pair.has_target else None
+        for kind, im, name in (("content", protocol.content(pair.content_id), pair.content_id),
+                               ("style", protocol.style(pair.style_id), pair.style_id), ("target", target, pair.pair_id)):
+            path = run_dir / f"inputs/{kind}/{stable_hash(name, 16)}.png"
+            if im is not None and not path.exists():
+                write_png(im, path)
 
 
 def run(config: RunConfig) -> RunSummary:
-    """Run, store and score ``config``; then render the report."""
-    from sxbench.report import render
-
-    summary = Runner(config).run()
-    render(summary.run_dir)
-    return summary
+    """Run, store and score ``config`` (the report is rendered by the caller: ``sxbench.report.render``)."""
+    return Runner(config).run()
 
 
 def _weights_kwargs(name: str, cfg: "RunConfig") -> dict[str, Any]:
-    """``{"weights_dir": ...}`` for methods that load registry weights (their constructor names it)."""
-    if cfg.weights_dir is None:
+    """``{"weights_dir": ...}`` for methods that load registry weights (``Method.takes_weights_dir``)."""
+    if cfg.weights_dir is None or not getattr(registry.methods.get(name), "takes_weights_dir", False):
         return {}
-    try:
-        accepts = "weights_dir" in inspect.signature(registry.methods.get(name)).parameters
-    except (TypeError, ValueError):
-        accepts = False
-    return {"weights_dir": cfg.weights_dir} if accepts else {}
+    return {"weights_dir": cfg.weights_dir}

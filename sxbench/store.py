@@ -3,11 +3,16 @@
 Tables: ``runs``, ``methods``, ``metrics``, ``samples`` (one row per (method config, protocol, pair, seed))
 and ``metric_values`` (long format, one value per row). A finished sample and its metric values are
 written in one transaction, so a process killed at any point leaves either the whole sample or nothing.
+
+Schema versions: 1, method parameters held the checkpoint path and the reproduce command; 2, those are the
+method's ``provenance``, outside ``config_hash``. Opening a store migrates version-1 rows in one transaction
+(``Store._migrate_provenance``), once; opening a schema-2 store costs one read of ``meta``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 import uuid
@@ -17,10 +22,15 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from sxbench.records import MethodInfo, MetricInfo, MetricValue, SampleRecord
+from sxbench.records import IMPORTED_VERSION, MethodInfo, MetricInfo, MetricValue, SampleRecord, sample_key_of
+
+log = logging.getLogger(__name__)
 
 DB_NAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: checkpoint paths and reproduce commands moved from method ``params`` to ``provenance`` (see the module)."""
+LEGACY_PROVENANCE = ("checkpoint", "reproduce")
+"""Keys that schema-1 stores kept in method ``params`` (and so in ``config_hash``) and that are provenance."""
 
 _SAMPLE_COLUMNS = [f.name for f in fields(SampleRecord)]
 _VALUE_COLUMNS = [f.name for f in fields(MetricValue)]
@@ -68,6 +78,7 @@ class Store:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(_SCHEMA)
         self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self._migrate_provenance()
 
     def close(self) -> None:
         self.conn.close()
@@ -153,6 +164,100 @@ class Store:
 
     def _transaction(self):
         return _Transaction(self.conn)
+
+    # ------------------------------------------------------------------------------------------ migration
+    def _schema_version(self) -> int:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else SCHEMA_VERSION
+
+    def _legacy_methods(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """``(method, config, info)`` of the schema-1 rows whose ``params`` hold provenance next to a weights
+        ``*sha256`` (the digest identifies the weights, so the path is redundant; without one, a path may be all
+        that tells two models apart and the row is left as it is)."""
+        rows = []
+        for method, config, text in self.conn.execute("SELECT method, method_config, info FROM methods"):
+            info = json.loads(text)
+            params = info.get("params", {})
+            if (info.get("version") != IMPORTED_VERSION and any(k in params for k in LEGACY_PROVENANCE)
+                    and any(k.endswith("sha256") for k in params)):
+                rows.append((method, config, info))
+        return rows
+
+    def _migrate_provenance(self) -> None:
+        """Schema 1 → 2: move ``checkpoint`` and ``reproduce`` out of stored method ``params`` into ``provenance``
+        and rehash: ``methods``, ``samples`` (key and config), ``metric_values``, ``routing`` and ``set_values``
+        take the new config hash and sample keys, in one transaction. Configurations that differed only in
+        provenance (the same weights read from two folders) become one; per new sample key the most recent sample
+        is kept (an ok one before an error) and the others are deleted with their values and routing. PNG files
+        stay where they are. Set values keep their old ``samples_hash``, so the next run with those metrics
+        recomputes them. Runs once per store: a schema-2 store is not scanned again, so a third-party method that
+        does keep a ``checkpoint`` parameter is never rehashed behind its back."""
+        if self._schema_version() >= SCHEMA_VERSION:  # the common case: one read of ``meta``
+            return
+        known = {f.name for f in fields(MethodInfo)}
+        with self._transaction():
+            if self._schema_version() >= SCHEMA_VERSION:  # another process migrated it meanwhile
+                return
+            legacy = self._legacy_methods()
+            groups: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
+            for method, config, info in legacy:
+                params = {k: v for k, v in info["params"].items() if k not in LEGACY_PROVENANCE}
+                moved = {k: info["params"][k] for k in LEGACY_PROVENANCE if k in info["params"]}
+                new = info | {"params": params, "provenance": moved | info.get("provenance", {})}
+                new_config = MethodInfo(**{k: v for k, v in new.items() if k in known}).config_hash
+                groups.setdefault((method, new_config), []).append((config, new))
+            merged = dropped = 0
+            for (method, new_config), olds in groups.items():
+                m, d = self._rehash_group(method, new_config, olds)
+                merged, dropped = merged + m, dropped + d
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_provenance', ?)", (str(len(legacy)),))
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        if legacy:
+            log.info("%s: moved checkpoint paths and reproduce commands out of method parameters: %d configuration(s) "
+                     "rehashed, %d merged into one with the same weights, %d duplicate sample(s) dropped",
+                     self.path, len(legacy), merged, dropped)
+
+    def _rehash_group(self, method: str, new_config: str, olds: list[tuple[str, dict[str, Any]]]) -> tuple[int, int]:
+        """Move the legacy configurations ``olds`` (``(old config, new info)``) of ``method`` onto ``new_config``,
+        inside the caller's transaction; returns (configurations merged into another, samples dropped)."""
+        cols = ("sample_key, method_config, protocol, protocol_version, pair_id, content_id, style_id, seed, status, "
+                "created")
+        configs = [c for c, _ in olds] + [new_config]  # new_config: rows another process already wrote under it
+        marks = ", ".join("?" * len(configs))
+        rows = self.conn.execute(f"SELECT {cols} FROM samples WHERE method = ? AND method_config IN ({marks})",
+                                 [method, *configs]).fetchall()
+        by_key: dict[str, list[tuple]] = {}
+        for r in rows:
+            by_key.setdefault(sample_key_of(new_config, *r[2:8]), []).append(r)
+        keep, drop = {}, []
+        for new_key, rs in by_key.items():
+            rs.sort(key=lambda r: (r[8] == "ok", r[9]), reverse=True)  # ok first, then the most recent
+            keep[new_key] = rs[0]
+            drop += [r[0] for r in rs[1:]]
+        # the configuration whose info (provenance) and set values survive: already migrated, else the newest samples
+        newest = {c: max((r[9] for r in rows if r[1] == c), default=float("-inf")) for c in configs}
+        exists = self.conn.execute("SELECT 1 FROM methods WHERE method = ? AND method_config = ?",
+                                   (method, new_config)).fetchone() is not None
+        winner = new_config if exists else max((c for c, _ in olds), key=lambda c: newest[c])
+        for i in range(0, len(drop), 500):
+            chunk = drop[i : i + 500]
+            q = ", ".join("?" * len(chunk))
+            for table in ("metric_values", "routing", "samples"):
+                self.conn.execute(f"DELETE FROM {table} WHERE sample_key IN ({q})", chunk)
+        moves = [(new_key, r[0]) for new_key, r in keep.items() if r[0] != new_key]
+        self.conn.executemany("UPDATE samples SET sample_key = ?, method_config = ? WHERE sample_key = ?",
+                              [(k, new_config, old) for k, old in moves])
+        for table in ("metric_values", "routing"):
+            self.conn.executemany(f"UPDATE {table} SET sample_key = ? WHERE sample_key = ?", moves)
+        for config, info in olds:
+            self.conn.execute("DELETE FROM methods WHERE method = ? AND method_config = ?", (method, config))
+            if config == winner:
+                self.conn.execute("INSERT INTO methods VALUES (?, ?, ?)", (method, new_config, json.dumps(info)))
+                self.conn.execute("UPDATE set_values SET method_config = ? WHERE method = ? AND method_config = ?",
+                                  (new_config, method, config))
+            else:
+                self.conn.execute("DELETE FROM set_values WHERE method = ? AND method_config = ?", (method, config))
+        return len(olds) - (winner != new_config), len(drop)
 
     # -------------------------------------------------------------------------------------------- reads
     def write_set_value(self, method: str, method_config: str, info: MetricInfo, subset: str, value: float | None,

@@ -19,7 +19,6 @@ the network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,12 +27,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+
+from sxbench.records import file_sha256
+
+if TYPE_CHECKING:
+    from sxbench.backbones.models import FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +127,8 @@ def weights_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(cache) / "sxbench" / "weights"
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = file_sha256
+"""Hex sha256 of a file (``sxbench.records.file_sha256``)."""
 
 
 # ------------------------------------------------------------------------------------- converters
@@ -490,3 +492,81 @@ def get_stored_name(folder: Path) -> str:
 
 def default_set() -> list[str]:
     return [n for n, b in BACKBONES.items() if b.default]
+
+
+# ------------------------------------------------------------------------------------------ loading
+# The one place pretrained backbones are built: this module imports ``sxbench.backbones`` (lazily), never the
+# reverse, so the dependency runs one way.
+_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, str, str], "FeatureExtractor"] = {}
+
+
+def load_extractor(name: str, device: str | torch.device = "cpu", root: Path | None = None) -> "FeatureExtractor":
+    """The extractor for backbone ``name`` (one instance per backbone, device and weights folder).
+
+    Raises ``WeightsMissingError`` with the fetch command when the weights are not there.
+    """
+    key = (name, str(device), str(weights_dir(root)))
+    with _LOCK:
+        if key not in _LOADED:
+            path = require(name, root)
+            ext = _build(name, path)
+            ext.weights_sha256 = status(name, root)["sha256"]
+            _LOADED[key] = ext.to(device).eval().requires_grad_(False)
+        return _LOADED[key]
+
+
+def _build(name: str, path: Path) -> "FeatureExtractor":
+    from safetensors.torch import load_file
+
+    from sxbench.backbones.models import DINOv2, VGG19, InceptionFID, JudgeExtractor, STLPIPSExtractor
+
+    if name == "vgg19":
+        return VGG19().load_weights(load_file(str(path)))
+    if name == "dinov2-s":
+        from transformers import Dinov2Model
+
+        from sxbench.backbones.dinov2_onnx import dinov2_small_config
+
+        model = Dinov2Model(dinov2_small_config())
+        model.load_state_dict(load_file(str(path)), strict=True)
+        return DINOv2(model)
+    if name == "inception":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
+            return InceptionFID(torch.jit.load(str(path), map_location="cpu"))
+    if name in ("stlpips-alex", "stlpips-vgg"):
+        from sxbench.backbones.stlpips import STLPIPS
+
+        net = name.split("-")[1]
+        model = STLPIPS(net)
+        model.load_state_dict(load_file(str(path)), strict=True)
+        return STLPIPSExtractor(net, model)
+    if name in ("lpips-alex", "lpips-vgg"):
+        from sxbench.backbones.lpips_net import build_lpips
+
+        return build_lpips(name.split("-")[1], path)
+    if name == "clip-vit-l-14":
+        from sxbench.backbones.clip import CLIPImage
+
+        return CLIPImage.from_folder(path.parent, name)
+    if name == "csd-vit-l":
+        from sxbench.backbones.clip import CSD
+
+        return CSD(load_file(str(path)))
+    if name == "dreamsim-ensemble":
+        from sxbench.backbones.dreamsim import DreamSim
+
+        return DreamSim.from_file(path)
+    if name == "aesthetic-laion":
+        from sxbench.backbones.clip import Aesthetic, AestheticMLP, CLIPImage
+
+        clip_path = require("clip-vit-l-14", path.parent.parent)
+        head = AestheticMLP(load_file(str(path))["layers.0.weight"].shape[1])
+        head.load_state_dict(load_file(str(path)), strict=True)
+        return Aesthetic(CLIPImage.from_folder(clip_path.parent, "clip-vit-l-14"), head)
+    if name == "qwen2.5-vl-7b":
+        from sxbench.metrics.judge import QwenJudge
+
+        return JudgeExtractor(QwenJudge.from_folder(path.parent), name)
+    raise KeyError(f"no extractor for backbone {name!r}")

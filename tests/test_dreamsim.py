@@ -16,7 +16,7 @@ from torch import nn
 
 from sxbench import registry, weights
 from sxbench.backbones.dreamsim import DINO_FILE, RELEASE_ZIP, TOWERS, DreamSim, ViT, lora_scaling
-from sxbench.backbones.models import load_extractor
+from sxbench.weights import load_extractor
 
 WIDTH, DEPTH, PATCH, GRID, HIDDEN, PROJ = 128, 2, 16, 2, 256, 32  # heads = WIDTH // 64 = 2, as in ViT-B
 ADAPTER_CONFIG = {  # the fields PEFT's LoraConfig.save_pretrained writes that matter here

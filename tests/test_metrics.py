@@ -96,15 +96,20 @@ def test_high_frequency_distance_sees_added_texture():
     assert Fn.high_frequency_distance(x, blurred).item() > 0.2
 
 
-def test_metric_classes_torchmetrics_shell():
-    m = registry.create_metric("target_psnr")
+def test_every_registered_metric_has_the_one_shape():
+    """Every registered metric is a ``Metric`` built from an ``EvalContext`` (``factory(context)``), whose info
+    names its scope; image metrics score per image, set metrics compute over a view."""
+    from sxbench.interfaces import EvalContext, ImageMetric, Metric
+    from sxbench.metrics.sets import SetMetric
+
+    for name in registry.metrics.names():
+        cls = registry.metrics.get(name)
+        assert issubclass(cls, Metric), name
+        assert cls.info.scope == ("set" if issubclass(cls, SetMetric) else "image"), name
+        assert issubclass(cls, ImageMetric) != issubclass(cls, SetMetric), name
+    m = registry.metrics.get("target_psnr")(EvalContext())
     x, y = _img(1), _img(2)
-    m.update(x, target=y)
-    m.update(x, target=x)
-    assert m.compute().item() == pytest.approx((Fn.psnr(x, y).item() + 100.0) / 2)
-    m.reset()
-    m.update(x, target=x)
-    assert m.compute().item() == 100.0
+    assert m.score(torch.cat([x, x]), target=torch.cat([y, x])).tolist() == pytest.approx([Fn.psnr(x, y).item(), 100.0])
     with pytest.raises(ValueError, match="needs the target"):
         m.score(x)
 

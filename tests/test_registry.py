@@ -91,5 +91,5 @@ def test_metrics_describe_themselves():
         if want_range:
             assert i.range == want_range, name
         assert i.backbone is None or i.backbone in BACKBONES
-        if i.backbone is None:  # the torchmetrics attribute says the same (torchmetrics' tools read it)
-            assert registry.create_metric(name).higher_is_better is expected[name][1]
+        if i.backbone is None:  # an instance describes itself the same way
+            assert registry.create_metric(name).info.higher_is_better is expected[name][1]

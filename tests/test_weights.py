@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from sxbench import registry, weights
-from sxbench.backbones.models import FeatureCache, load_extractor
+from sxbench.features import FeatureCache
+from sxbench.weights import load_extractor
 from sxbench.metrics.sets import SetMetric, frechet_distance, kernel_distance
 
 SX = [sys.executable, "-m", "sxbench"]

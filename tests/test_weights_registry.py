@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from skimage import data as skdata
 
 from sxbench import registry, weights
-from sxbench.backbones.models import load_extractor
+from sxbench.weights import load_extractor
 
 pytestmark = pytest.mark.weights
 

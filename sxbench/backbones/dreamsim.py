@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sxbench.backbones.models import IMAGENET_MEAN, IMAGENET_STD, FeatureExtractor
-from sxbench.weights import sha256
+from sxbench.records import file_sha256 as sha256
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

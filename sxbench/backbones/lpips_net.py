@@ -39,7 +39,7 @@ def trunk_state_dict(model: nn.Module, checkpoint: dict[str, torch.Tensor],
 
 class LPIPSExtractor(FeatureExtractor):
     """LPIPS as a pairwise distance at the images' own resolution (upsampled so the shorter side is at least
-    ``min_side``): ``distance(x, y) → (B,)``."""
+    ``min_side``): ``distance(x, y) → (B,)``, or ``compare(forward(x), forward(y))``."""
 
     min_side = 32
 
@@ -47,19 +47,31 @@ class LPIPSExtractor(FeatureExtractor):
         super().__init__()
         self.backbone = f"lpips-{net}"
         self.model = model.eval()
+        self.resolution = 0  # the images' own size
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        side = min(x.shape[-2:])
+        if side >= self.min_side:
+            return x
+        size = tuple(math.ceil(s * self.min_side / side) for s in x.shape[-2:])  # the trunks need a few pixels
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """LPIPS between ``x`` and ``y``, both ``(B, 3, H, W)`` in ``[0, 1]``; ``(B,)``, 0 for identical images."""
         if x.shape != y.shape:
             raise ValueError(f"LPIPS compares images of one size, got {tuple(x.shape)} and {tuple(y.shape)}")
-        side = min(x.shape[-2:])
-        if side < self.min_side:  # the trunks need a few pixels at their last stage
-            size = tuple(math.ceil(s * self.min_side / side) for s in x.shape[-2:])
-            x, y = (F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in (x, y))
-        return self.model(x, y, normalize=True).view(-1)
+        return self.model(self._fit(x), self._fit(y), normalize=True).view(-1)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError("LPIPS compares two images: use distance(x, y)")
+        """The image brought to the trunk's minimum size: the lpips package's model is run whole by ``compare``
+        (its result is exactly the package's), so the per-image feature is the image itself."""
+        return {"image": self._fit(images)}
+
+    def compare(self, fx: dict[str, torch.Tensor], fy: dict[str, torch.Tensor]) -> torch.Tensor:
+        x, y = fx["image"], fy["image"]
+        if x.shape != y.shape:
+            raise ValueError(f"LPIPS compares images of one size, got {tuple(x.shape)} and {tuple(y.shape)}")
+        return self.model(x, y, normalize=True).view(-1)
 
 
 def build_lpips(net: str, path: Path) -> LPIPSExtractor:

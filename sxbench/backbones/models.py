@@ -1,24 +1,20 @@
-"""Feature extractors on the weights module's backbones, and a per-run cache of their features.
+"""Feature extractors: the architectures behind the weights module's backbones.
 
 Each extractor maps a batch of images ``(B, 3, H, W)`` in ``[0, 1]`` to a dict of per-image feature tensors
-(first dimension ``B``), with its backbone's preprocessing inside and a fixed input resolution. Metrics
-share one extractor instance per (backbone, device) and one ``FeatureCache`` per run, so content and style
-references pass through each backbone once per run, however many methods and metrics use them.
+(first dimension ``B``), with its backbone's preprocessing inside and a fixed input resolution. They are built
+and loaded by ``sxbench.weights.load_extractor`` (one instance per backbone, device and weights folder); this
+package never imports ``sxbench.weights``, so the dependency runs one way. Features are shared between metrics
+through ``sxbench.features.FeatureCache``.
 """
 
 from __future__ import annotations
 
-import threading
-import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sxbench import weights
 
 
 class FeatureExtractor(nn.Module):
@@ -146,8 +142,9 @@ class InceptionFID(FeatureExtractor):
 
 # ----------------------------------------------------------------------------------------- ST-LPIPS
 class STLPIPSExtractor(FeatureExtractor):
-    """Shift-tolerant LPIPS as a pairwise distance at the images' own resolution (at least ``min_side``):
-    ``distance(x, y) → (B,)``."""
+    """Shift-tolerant LPIPS, a pairwise distance, split in two: ``forward(images)`` gives each image's unit-normalised
+    trunk activations (``f0`` … ``f4``) at the images' own resolution (at least ``min_side``), ``compare`` the
+    distance ``(B,)`` between two such feature sets; ``distance(x, y)`` does both."""
 
     min_side = 32
 
@@ -155,15 +152,23 @@ class STLPIPSExtractor(FeatureExtractor):
         super().__init__()
         self.backbone = f"stlpips-{net}"
         self.model = model.eval()
+        self.resolution = 0  # the images' own size
 
-    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if min(x.shape[-2:]) < self.min_side:  # the anti-aliased trunk needs a few pixels at its last stage
-            self.resolution = self.min_side
-            x, y = self.resize(x), self.resize(y)
-        return self.model(x, y).view(-1)
+    def _fit(self, images: torch.Tensor) -> torch.Tensor:
+        if min(images.shape[-2:]) >= self.min_side:
+            return images
+        return F.interpolate(images, size=(self.min_side, self.min_side), mode="bilinear", align_corners=False,
+                             antialias=True)  # the anti-aliased trunk needs a few pixels at its last stage
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError("ST-LPIPS compares two images: use distance(x, y)")
+        return {f"f{k}": f for k, f in enumerate(self.model.normalized_features(self._fit(images)))}
+
+    def compare(self, fx: dict[str, torch.Tensor], fy: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = len(self.model.channels)
+        return self.model.compare([fx[f"f{k}"] for k in range(n)], [fy[f"f{k}"] for k in range(n)])
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model(self._fit(x), self._fit(y)).view(-1)
 
 
 class JudgeExtractor(FeatureExtractor):
@@ -181,116 +186,3 @@ class JudgeExtractor(FeatureExtractor):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError("the judge rates (output, style) pairs: use rate(outputs, styles)")
-
-
-# ------------------------------------------------------------------------------------------ loading
-_LOCK = threading.Lock()
-_LOADED: dict[tuple[str, str, str], FeatureExtractor] = {}
-
-
-def load_extractor(name: str, device: str | torch.device = "cpu", root: Path | None = None) -> FeatureExtractor:
-    """The extractor for backbone ``name`` (one instance per backbone, device and weights folder).
-
-    Raises ``weights.WeightsMissingError`` with the fetch command when the weights are not there.
-    """
-    key = (name, str(device), str(weights.weights_dir(root)))
-    with _LOCK:
-        if key not in _LOADED:
-            path = weights.require(name, root)
-            ext = _build(name, path)
-            ext.weights_sha256 = weights.status(name, root)["sha256"]
-            _LOADED[key] = ext.to(device).eval().requires_grad_(False)
-        return _LOADED[key]
-
-
-def _build(name: str, path: Path) -> FeatureExtractor:
-    from safetensors.torch import load_file
-
-    if name == "vgg19":
-        return VGG19().load_weights(load_file(str(path)))
-    if name == "dinov2-s":
-        from transformers import Dinov2Model
-
-        from sxbench.backbones.dinov2_onnx import dinov2_small_config
-
-        model = Dinov2Model(dinov2_small_config())
-        model.load_state_dict(load_file(str(path)), strict=True)
-        return DINOv2(model)
-    if name == "inception":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation notice
-            return InceptionFID(torch.jit.load(str(path), map_location="cpu"))
-    if name in ("stlpips-alex", "stlpips-vgg"):
-        from sxbench.backbones.stlpips import STLPIPS
-
-        net = name.split("-")[1]
-        model = STLPIPS(net)
-        model.load_state_dict(load_file(str(path)), strict=True)
-        return STLPIPSExtractor(net, model)
-    if name in ("lpips-alex", "lpips-vgg"):
-        from sxbench.backbones.lpips_net import build_lpips
-
-        return build_lpips(name.split("-")[1], path)
-    if name == "clip-vit-l-14":
-        from sxbench.backbones.clip import CLIPImage
-
-        return CLIPImage.from_folder(path.parent, name)
-    if name == "csd-vit-l":
-        from sxbench.backbones.clip import CSD
-
-        return CSD(load_file(str(path)))
-    if name == "dreamsim-ensemble":
-        from sxbench.backbones.dreamsim import DreamSim
-
-        return DreamSim.from_file(path)
-    if name == "aesthetic-laion":
-        from sxbench.backbones.clip import Aesthetic, AestheticMLP, CLIPImage
-
-        clip_path = weights.require("clip-vit-l-14", path.parent.parent)
-        head = AestheticMLP(load_file(str(path))["layers.0.weight"].shape[1])
-        head.load_state_dict(load_file(str(path)), strict=True)
-        return Aesthetic(CLIPImage.from_folder(clip_path.parent, "clip-vit-l-14"), head)
-    if name == "qwen2.5-vl-7b":
-        from sxbench.metrics.judge import QwenJudge
-
-        return JudgeExtractor(QwenJudge.from_folder(path.parent), name)
-    raise KeyError(f"no extractor for backbone {name!r}")
-
-
-class FeatureCache:
-    """Per-run memory of features by image key: references (``content:<id>``, ``style:<id>``) pass through a
-    backbone once per run; outputs (``out:<sample key>``) are kept only for the last ``recent`` images, long
-    enough for every metric on the same backbone to share them within a batch."""
-
-    def __init__(self, recent: int = 256) -> None:
-        self._mem: dict[tuple[str, str, int], dict[str, torch.Tensor]] = {}
-        self._recent: OrderedDict[tuple[str, str, int], dict[str, torch.Tensor]] = OrderedDict()
-        self.recent = recent
-
-    def __len__(self) -> int:
-        return len(self._mem) + len(self._recent)
-
-    def _get(self, key: tuple[str, str, int]) -> dict[str, torch.Tensor] | None:
-        return self._mem.get(key) if key in self._mem else self._recent.get(key)
-
-    def _put(self, key: tuple[str, str, int], value: dict[str, torch.Tensor]) -> None:
-        if key[1].startswith("out:"):
-            self._recent[key] = value
-            while len(self._recent) > self.recent:
-                self._recent.popitem(last=False)
-        else:
-            self._mem[key] = value
-
-    def features(self, extractor: FeatureExtractor, images: torch.Tensor,
-                 keys: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        if keys is None:
-            return extractor(images)
-        tag = (extractor.backbone, extractor.resolution)
-        rows: list[dict[str, torch.Tensor] | None] = [self._get((tag[0], k, tag[1])) for k in keys]
-        todo = [i for i, r in enumerate(rows) if r is None]
-        if todo:
-            new = extractor(images[torch.tensor(todo)])
-            for j, i in enumerate(todo):
-                rows[i] = {n: v[j].detach() for n, v in new.items()}
-                self._put((tag[0], keys[i], tag[1]), rows[i])
-        return {n: torch.stack([r[n] for r in rows]) for n in rows[0]}

@@ -145,15 +145,22 @@ class STLPIPS(nn.Module):
             feats.append(x)
         return feats
 
+    def normalized_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five trunk activations of ``x`` ``(B, 3, H, W)`` in ``[0, 1]``, each unit-normalised over channels:
+        what ``compare`` takes, so an image's half of the distance can be computed once and reused."""
+        feats = self.features(self.scaling_layer(x * 2 - 1))  # [0, 1] -> [-1, 1] -> LPIPS channel scaling
+        return [f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for f in feats]
+
+    def compare(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> torch.Tensor:
+        """Distance ``(B,)`` between two images' ``normalized_features``."""
+        dist = fx[0].new_zeros(fx[0].shape[0])
+        for k, (a, b) in enumerate(zip(fx, fy)):
+            dist = dist + getattr(self, f"lin{k}")((a - b) ** 2).mean((1, 2, 3))
+        return dist
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distance between ``x`` and ``y``, both ``(B, 3, H, W)`` in ``[0, 1]``; returns ``(B,)``."""
         if x.shape != y.shape:
             raise ValueError(f"x and y must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-        # One trunk pass over both images; [0, 1] -> [-1, 1] -> LPIPS channel scaling.
-        feats = self.features(self.scaling_layer(torch.cat([x, y]) * 2 - 1))
-        dist = x.new_zeros(x.shape[0])
-        for k, f in enumerate(feats):
-            f = f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # unit-normalise channels
-            fx, fy = f.chunk(2)
-            dist = dist + getattr(self, f"lin{k}")((fx - fy) ** 2).mean((1, 2, 3))
-        return dist
+        feats = self.normalized_features(torch.cat([x, y]))  # one trunk pass over both images
+        return self.compare(*zip(*(f.chunk(2) for f in feats)))

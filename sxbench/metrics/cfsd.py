@@ -49,6 +49,7 @@ def cfsd(output_feats: torch.Tensor, content_feats: torch.Tensor) -> torch.Tenso
 
 class CFSD(BackboneMetric):
     backbone_name = "vgg19"
+    roles, fields = ("output", "content"), (STRUCTURE_LAYER,)
     info = MetricInfo(
         "cfsd", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="vgg19",
         description="CFSD (StyleID, CVPR 2024): KL divergence between the softmaxed patch self-similarities of "

@@ -9,6 +9,7 @@ from sxbench.records import MetricInfo
 
 class DreamSimStyle(BackboneMetric):
     backbone_name = "dreamsim-ensemble"
+    roles, fields = ("output", "style"), ("embed",)
     info = MetricInfo(
         "dreamsim_style", False, (0.0, 200.0), "style", frozenset({"style"}), backbone="dreamsim-ensemble",
         description="DreamSim distance × 100 (1 − cosine of the DreamSim v0.2 ensemble embedding: DINO, CLIP and "

@@ -24,9 +24,14 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+
+from sxbench.interfaces import Metric
+from sxbench.records import MetricInfo
 
 DIRECTIONS = {
     "expert_load_entropy": True,
@@ -108,3 +113,54 @@ def _normalised_mi(labels: np.ndarray, experts: np.ndarray) -> float:
     mi = float((joint[nz] * np.log(joint[nz] / (pl @ pe)[nz])).sum())
     h = float(-(pl[pl > 0] * np.log(pl[pl > 0])).sum())
     return mi / h if h > 0 else math.nan
+
+
+DESCRIPTIONS = {
+    "expert_load_entropy": "Entropy of the experts' load over distinct styles / log E, mean over layers (1 = even).",
+    "expert_dead_fraction": "Fraction of (layer, expert) never in any distinct style's top-k.",
+    "expert_load_cv": "Coefficient of variation of the experts' load over distinct styles, mean over layers.",
+    "expert_family_mi": "Mutual information between a style's family and its chosen experts / family entropy.",
+    "routing_iou_similar": "Mean IoU of the (layer, expert) sets of two styles of the same family.",
+    "routing_iou_related": "Mean IoU of the (layer, expert) sets of two styles of the same level, other families.",
+    "routing_iou_dissimilar": "Mean IoU of the (layer, expert) sets of two styles of different levels.",
+}
+RANGES = {"expert_load_cv": (0.0, math.inf)}
+
+
+@dataclass(frozen=True)
+class RoutingView:
+    """What an expert metric sees: one method configuration's routing table (module docstring) and its expert
+    count. ``stats`` is computed once per view and shared by every expert metric."""
+
+    routing: pd.DataFrame
+    num_experts: int
+
+    @cached_property
+    def stats(self) -> ExpertStats:
+        return expert_stats(self.routing, self.num_experts)
+
+    @property
+    def n_styles(self) -> int:
+        """Distinct styles: the ``n`` of every expert statistic."""
+        return int(self.routing.style_id.nunique())
+
+
+class ExpertMetric(Metric):
+    """One expert-utilization statistic as a metric of scope ``experts``: ``compute(view) → float`` (``view`` a
+    ``RoutingView``). Stored per method configuration (subset ``all``) with the set metrics."""
+
+    info: ClassVar[MetricInfo]
+
+    def compute(self, view: RoutingView) -> float:
+        return view.stats.values[self.info.name]
+
+
+def _expert_metric(name: str) -> type[ExpertMetric]:
+    info = MetricInfo(name, DIRECTIONS[name], RANGES.get(name, (0.0, 1.0)), "experts", frozenset(),
+                      description=DESCRIPTIONS[name], scope="experts")
+    return type("".join(w.title() for w in name.split("_")), (ExpertMetric,), {"info": info, "__module__": __name__})
+
+
+EXPERT_METRICS: tuple[type[ExpertMetric], ...] = tuple(_expert_metric(n) for n in DIRECTIONS)
+"""Every expert statistic, in ``DIRECTIONS`` order; the evaluator computes all of them for each method that
+stores routing (they need no weights and take milliseconds)."""

@@ -25,7 +25,7 @@ class ContentSSIM(ImageMetric):
         description="SSIM (11-px Gaussian window) between output and content, RGB.",
     )
 
-    def score(self, output, *, content=None, style=None, target=None):
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
         return Fn.ssim(output, _need(content, "content", self.info.name))
 
 
@@ -35,7 +35,7 @@ class ContentEdgeF1(ImageMetric):
         description="F1 of thin Sobel edges of output vs content, 1-px tolerance: is the structure kept?",
     )
 
-    def score(self, output, *, content=None, style=None, target=None):
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
         ref = _need(content, "content", self.info.name)
         return Fn.edge_f1(Fn.edge_map(output), Fn.edge_map(ref))
 
@@ -46,7 +46,7 @@ class StyleColorSWD(ImageMetric):
         description="Sliced Wasserstein distance between Lab colour distributions of output and style reference.",
     )
 
-    def score(self, output, *, content=None, style=None, target=None):
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
         return Fn.color_swd(output, _need(style, "style", self.info.name))
 
 
@@ -56,7 +56,7 @@ class StyleGram(ImageMetric):
         description="Gram-matrix distance of a fixed 3-scale filter bank (Lab tone, oriented derivatives, LoG).",
     )
 
-    def score(self, output, *, content=None, style=None, target=None):
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
         return Fn.gram_distance(output, _need(style, "style", self.info.name))
 
 
@@ -66,7 +66,7 @@ class TargetPSNR(ImageMetric):
         description="PSNR (dB) of output against the ground-truth stylized target.",
     )
 
-    def score(self, output, *, content=None, style=None, target=None):
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
         return Fn.psnr(output, _need(target, "target", self.info.name))
 
 
@@ -76,7 +76,7 @@ class TargetSSIM(ImageMetric):
         description="SSIM of output against the ground-truth stylized target.",
     )
 
-    def score(self, output, *, content=None, style=None, target=None):
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
         return Fn.ssim(output, _need(target, "target", self.info.name))
 
 
@@ -86,7 +86,7 @@ class TargetDetail(ImageMetric):
         description="Distance (log10 decades) of high-frequency radial power spectra to the target: material detail.",
     )
 
-    def score(self, output, *, content=None, style=None, target=None):
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
         return Fn.high_frequency_distance(output, _need(target, "target", self.info.name))
 
 
@@ -96,5 +96,5 @@ class TargetColorSWD(ImageMetric):
         description="Sliced Wasserstein distance of Lab colours to the target.",
     )
 
-    def score(self, output, *, content=None, style=None, target=None):
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
         return Fn.color_swd(output, _need(target, "target", self.info.name))

@@ -13,14 +13,18 @@ Sets smaller than ``min_samples`` get no value (the covariance of a handful of i
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
-from sxbench.backbones.models import FeatureCache, load_extractor
+
+from sxbench.features import FeatureCache
+from sxbench.interfaces import EvalContext, Metric
 from sxbench.metrics.image import INF
 from sxbench.records import MetricInfo
+from sxbench.weights import load_extractor
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -63,55 +67,78 @@ def kernel_distance(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_siz
     return float(np.mean(vals))
 
 
-class SetMetric:
-    """A metric over a set of outputs. ``compute(outputs, styles, content_distance)`` → one float."""
+@dataclass(frozen=True)
+class SetView:
+    """What a set metric sees: one method configuration's outputs in one subset (``all``, ``split=seen``, …)."""
+
+    outputs: dict[str, np.ndarray]
+    """Per backbone name, the outputs' features ``(N, D)`` (float64)."""
+    styles: dict[str, np.ndarray]
+    """Per backbone name, the features of each output's style reference ``(N, D)``, row for row."""
+    values: dict[str, np.ndarray]
+    """Per-image metric values of the same samples, by metric name (only complete columns)."""
+
+    @property
+    def n(self) -> int:
+        return len(next(iter(self.outputs.values()))) if self.outputs else 0
+
+
+class SetMetric(Metric):
+    """A metric over a set of outputs (scope ``set``): ``compute(view) → float``. ``backbone_name`` and ``field``
+    name the feature the evaluator collects for every output (during per-image scoring) and style reference."""
 
     info: ClassVar[MetricInfo]
     min_samples: ClassVar[int] = 10
     backbone_name: ClassVar[str] = "inception"
+    field: ClassVar[str] = "pool3"
+    roles: ClassVar[tuple[str, ...]] = ("output", "style")
+    distance_metric: ClassVar[str | None] = None
+    """A per-image metric whose values the set metric reads (computed first)."""
 
-    def __init__(self, *, device: str | torch.device = "cpu", weights_dir: str | Path | None = None,
-                 cache: FeatureCache | None = None) -> None:
-        self.extractor = load_extractor(self.backbone_name, device, Path(weights_dir) if weights_dir else None)
-        self.cache = cache if cache is not None else FeatureCache()
+    def __init__(self, context: EvalContext | None = None) -> None:
+        super().__init__(context)
+        ctx = self.context
+        self.extractor = load_extractor(self.backbone_name, ctx.device, Path(ctx.weights_dir) if ctx.weights_dir else None)
+        self.cache = ctx.cache if ctx.cache is not None else FeatureCache()
         sha = (self.extractor.weights_sha256 or "unverified")[:12]
-        self.info = dataclasses.replace(type(self).info, backbone=f"{self.backbone_name}@{sha}")
-        self.device = device
+        self.info = dataclasses.replace(type(self).info, backbone=f"{self.backbone_name}@{sha}", scope="set")
+        self.fields = (self.field,)
 
     def features(self, images: torch.Tensor, keys: list[str] | None) -> np.ndarray:
-        return self.cache.features(self.extractor, images.to(self.device), keys)["pool3"].double().cpu().numpy()
+        """``(B, D)`` float64 features of ``images`` through the run's cache."""
+        dev = next(self.extractor.parameters()).device
+        return self.cache.features(self.extractor, images.to(dev), keys)[self.field].double().cpu().numpy()
 
-    def compute(self, outputs: np.ndarray, styles: np.ndarray, content_distance: np.ndarray | None = None) -> float:
+    def compute(self, view: SetView) -> float | None:
         raise NotImplementedError
 
 
 class FID(SetMetric):
-    info = MetricInfo("fid", False, (0.0, INF), "quality", frozenset({"style"}), backbone="inception",
+    info = MetricInfo("fid", False, (0.0, INF), "quality", frozenset({"style"}), backbone="inception", scope="set",
                       description="FID of the outputs against their style references (Inception pool3, 299², float64).")
 
-    def compute(self, outputs, styles, content_distance=None):
-        return frechet_distance(outputs, styles)
+    def compute(self, view):
+        return frechet_distance(view.outputs[self.backbone_name], view.styles[self.backbone_name])
 
 
 class KID(SetMetric):
-    info = MetricInfo("kid", False, (-INF, INF), "quality", frozenset({"style"}), backbone="inception",
+    info = MetricInfo("kid", False, (-INF, INF), "quality", frozenset({"style"}), backbone="inception", scope="set",
                       description="KID ×1000 of the outputs against their style references (cubic kernel, 100 subsets).")
 
-    def compute(self, outputs, styles, content_distance=None):
-        return 1000.0 * kernel_distance(outputs, styles)
+    def compute(self, view):
+        return 1000.0 * kernel_distance(view.outputs[self.backbone_name], view.styles[self.backbone_name])
 
 
 class ArtFID(SetMetric):
     info = MetricInfo("artfid", False, (1.0, INF), "quality", frozenset({"style", "content"}), backbone="inception",
+                      scope="set",
                       description="ArtFID = (1 + mean ST-LPIPS-alex(content, output)) · (1 + FID(outputs, styles)).")
-    distance_metric: ClassVar[str] = "stlpips_content"
+    distance_metric = "stlpips_content"
     """Per-sample metric whose mean is the content distance (computed first)."""
 
-    def compute(self, outputs, styles, content_distance=None):
-        if content_distance is None or not len(content_distance):
+    def compute(self, view):
+        dist = view.values.get(self.distance_metric)
+        if dist is None or not len(dist):
             raise ValueError(f"artfid needs {self.distance_metric} values of the same samples")
-        return (1.0 + float(np.mean(content_distance))) * (1.0 + frechet_distance(outputs, styles))
-
-
-def is_set_metric(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, SetMetric)
+        fid = frechet_distance(view.outputs[self.backbone_name], view.styles[self.backbone_name])
+        return (1.0 + float(np.mean(dist))) * (1.0 + fid)

@@ -5,13 +5,17 @@ The report never hard-codes a metric's direction: it reads ``higher_is_better`` 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from sxbench.interfaces import PairSpec
@@ -81,16 +85,26 @@ def grid_pairs(pairs: Sequence[PairSpec], n: int = 8) -> list[PairSpec]:
 
 def mean_ci(values: pd.Series) -> tuple[float, float, int]:
     """Mean, half-width of the 95% Student-t confidence interval, and count."""
-    from scipy import stats
+    return _mean_ci(values.dropna().to_numpy(dtype=float))
 
-    v = values.dropna().to_numpy(dtype=float)
+
+def _mean_ci(v: np.ndarray) -> tuple[float, float, int]:
+    """``mean_ci`` of a float array without NaN."""
     n = len(v)
     if n == 0:
         return math.nan, math.nan, 0
     if n == 1:
         return float(v[0]), math.nan, 1
-    half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / math.sqrt(n))
+    half = float(_t975(n - 1) * v.std(ddof=1) / math.sqrt(n))
     return float(v.mean()), half, n
+
+
+@functools.lru_cache(maxsize=None)
+def _t975(dof: int) -> float:
+    """97.5% quantile of Student's t: one scipy call per sample size, not per table cell."""
+    from scipy import stats
+
+    return stats.t.ppf(0.975, dof)
 
 
 @dataclass(frozen=True)
@@ -113,20 +127,132 @@ class Cell:
 def leaderboard(values: pd.DataFrame, by: str | None = None) -> dict[str, dict[Any, dict[str, Cell]]]:
     """``{metric: {column: {method: Cell}}}``; columns are ``"all"`` or the values of ``by``."""
     out: dict[str, dict[Any, dict[str, Cell]]] = {}
-    for metric, dfm in values.groupby("metric", sort=True):
-        hib = bool(dfm.higher_is_better.iloc[0])
-        cols: dict[Any, dict[str, Cell]] = {}
-        groups = [("all", dfm)] if by is None else list(dfm.groupby(by, sort=False))
-        for col, dfc in groups:
-            stats = {m: mean_ci(d.value) for m, d in dfc.groupby("method")}
-            means = pd.Series({m: s[0] for m, s in stats.items()}).dropna()
-            ranks = means.rank(ascending=not hib, method="min").astype(int) if len(means) else pd.Series(dtype=int)
-            cols[col] = {
-                m: Cell(s[0], s[1], s[2], int(ranks[m]) if m in ranks else None, bool(m in ranks and ranks[m] == 1))
-                for m, s in stats.items()
-            }
-        out[str(metric)] = cols
+    if values.empty:
+        return out
+    # one grouping for the whole table (a pandas groupby per cell took seconds on a real run)
+    keys = ["metric", "method"] if by is None else ["metric", by, "method"]
+    value = values.value.to_numpy(dtype=float)
+    stats: dict[tuple, tuple[float, float, int]] = {}
+    for key, idx in values.groupby(keys, sort=False).indices.items():
+        v = value[idx]
+        stats[key] = _mean_ci(v[~np.isnan(v)])
+    hib = values.groupby("metric", sort=True).higher_is_better.first()
+    cols: dict[Any, dict[Any, dict[str, tuple[float, float, int]]]] = {}
+    columns = [("all",)] if by is None else values[["metric", by]].dropna().drop_duplicates().itertuples(index=False)
+    for col in columns:  # columns in order of appearance, as the store lists them
+        if by is not None:
+            cols.setdefault(col[0], {})[col[1]] = {}
+    for key in sorted(stats, key=lambda k: k[-1]):  # methods in name order
+        metric, col, method = (key[0], "all", key[1]) if by is None else key
+        cols.setdefault(metric, {}).setdefault(col, {})[method] = stats[key]
+    for metric in hib.index:
+        higher = bool(hib[metric])
+        out[str(metric)] = {col: _ranked(cells, higher) for col, cells in cols.get(metric, {}).items()}
     return out
+
+
+def _ranked(stats: dict[str, tuple[float, float, int]], higher_is_better: bool) -> dict[str, Cell]:
+    """Cells of one column: rank 1 = best mean, ties share the better rank (pandas ``rank(method="min")``)."""
+    means = [s[0] for s in stats.values() if not math.isnan(s[0])]
+    cells = {}
+    for m, (mean, ci, n) in stats.items():
+        rank = None if math.isnan(mean) else 1 + sum(o > mean if higher_is_better else o < mean for o in means)
+        cells[m] = Cell(mean, ci, n, rank, rank == 1)
+    return cells
+
+
+def _level_stats(values: pd.DataFrame, levels: Sequence[str], n_boot: int = 200,
+                 seed: int = 0) -> dict[tuple[str, str], list[tuple[int, float, float, float]]]:
+    """``{(metric, method): [(level index, mean, CI low, CI high)]}`` over the non-NaN values of each (metric,
+    method, level in ``levels``): the numbers ``sns.barplot(errorbar=("ci", 95), n_boot=n_boot, seed=seed)`` draws,
+    bootstrap resamples included (seaborn seeds every interval afresh, so they depend on the count only and are
+    drawn once per count), without its pandas ``apply`` per bar. Fewer than two values: no interval (NaN)."""
+    d = values[values.level.isin(levels) & values.value.notna()]
+    value = d.value.to_numpy(dtype=float)
+    position = {lv: i for i, lv in enumerate(levels)}
+    resamples: dict[int, np.ndarray] = {}
+    out: dict[tuple[str, str], list[tuple[int, float, float, float]]] = {}
+    for (metric, method, level), idx in d.groupby(["metric", "method", "level"], sort=False).indices.items():
+        v = value[idx]
+        lo = hi = math.nan
+        if len(v) > 1:
+            if len(v) not in resamples:
+                rng = np.random.default_rng(seed)
+                resamples[len(v)] = np.stack([rng.integers(0, len(v), len(v), dtype=np.intp) for _ in range(n_boot)])
+            lo, hi = np.nanpercentile(v[resamples[len(v)]].mean(axis=1), (2.5, 97.5))
+        out.setdefault((metric, method), []).append((position[level], float(v.mean()), lo, hi))
+    return out
+
+
+def _level_bars(values: pd.DataFrame, path: Path, dpi: int = 110) -> None:
+    """One panel per metric (four to a row): a bar per style level and method, the mean of its values with a 95%
+    bootstrap interval (``_level_stats``), drawn as ``sns.catplot(kind="bar", col_wrap=4, sharey=False, height=2.6,
+    aspect=1.25, errorbar=("ci", 95), n_boot=200, seed=0)`` draws it (same numbers, colours, geometry and legend)
+    but with one artist per panel: seaborn's per-bar aggregation and repeated layout passes took most of the
+    report's time. Levels outside ``LEVEL_ORDER`` are left out, as catplot's ``order`` leaves them out."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.patches import Rectangle
+
+    metrics = sorted(values.metric.unique())
+    levels = [lv for lv in LEVEL_ORDER if lv in set(values.level)]
+    hues = [m for m in pd.unique(values.method) if pd.notna(m)]  # seaborn's order: as they appear
+    palette = sns.color_palette(n_colors=len(hues)) if len(hues) <= len(sns.color_palette()) \
+        else sns.color_palette("husl", len(hues))
+    hib = values.groupby("metric").higher_is_better.first()
+    bars = _level_stats(values, levels)
+
+    ncol, height, width = 4, 2.6, 2.6 * 1.25
+    nrow = max(1, math.ceil(len(metrics) / ncol))
+    fig = plt.figure(figsize=(ncol * width, nrow * height))
+    axes: list[Any] = []
+    step = 0.8 / len(hues)  # bar width: seaborn's 0.8 per level, dodged between the methods
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(nrow, ncol, i + 1, **({"sharex": axes[0]} if axes else {}))
+        axes.append(ax)
+        # every bar of the panel in one call, every interval in one NaN-separated line: one artist each, not one
+        # per method and bar
+        b = [(pos + step * h - 0.4, mean, lo, hi, colour)  # left edge
+             for h, (method, colour) in enumerate(zip(hues, palette))
+             for pos, mean, lo, hi in bars.get((metric, method), ())]
+        if b:
+            left, mean, lo, hi, colour = zip(*b)
+            ax.bar(left, mean, step, align="edge", color=colour)
+            ax.plot(np.repeat(np.add(left, step / 2), 3), np.column_stack([lo, hi, np.full(len(b), np.nan)]).ravel(),
+                    color=".26", linewidth=1.5 * plt.rcParams["lines.linewidth"])
+        ax.set_xticks(range(len(levels)), levels)
+        ax.xaxis.grid(False)
+        ax.set_xlim(-0.5, len(levels) - 0.5)
+        ax.set_title(f"{metric} {'↑' if hib[metric] else '↓'}")
+        ax.spines[["top", "right"]].set_visible(False)
+        n_empty = nrow * ncol - len(metrics)
+        if i >= ncol * (nrow - 1) - n_empty:  # bottom of its column
+            ax.set_xlabel("level")
+        else:
+            ax.tick_params(axis="x", labelbottom=False)
+        if i % ncol == 0:
+            ax.set_ylabel("value")
+    # lay the panels out once, then widen the figure by the legend, keeping the panels where they are (a
+    # tight_layout with a rect beside the legend costs two layout passes)
+    fig.tight_layout()
+    legend = fig.legend([Rectangle((0, 0), 0, 0, facecolor=c) for c in palette], hues, loc="center right",
+                        frameon=False, title="method")
+    legend_w = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+    grid_w = ncol * width
+    sp = fig.subplotpars
+    fig.set_size_inches(grid_w + legend_w, nrow * height)
+    fig.subplots_adjust(left=sp.left * grid_w / (grid_w + legend_w), right=sp.right * grid_w / (grid_w + legend_w))
+    _save(fig, path, dpi)
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    """Write ``fig`` (its layout final) as PNG and close it. ``tight_layout`` leaves a placeholder layout engine on
+    the figure, for which ``savefig`` runs a second, layout-only draw of the whole figure; removing it spares that."""
+    import matplotlib.pyplot as plt
+
+    fig.set_layout_engine(None)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
 
 
 def _figures(values: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
@@ -140,20 +266,12 @@ def _figures(values: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
     figs = []
     sns.set_theme(style="whitegrid", context="paper")
     if not values.empty:
-        order = sorted(values.metric.unique())
-        levels = [lv for lv in LEVEL_ORDER if lv in set(values.level)]
-        g = sns.catplot(data=values, x="level", y="value", hue="method", col="metric", col_order=order,
-                        order=levels, kind="bar", col_wrap=4, sharey=False, height=2.6, aspect=1.25,
-                        errorbar=("ci", 95), n_boot=200, seed=0)
-        for ax, metric in zip(g.axes.flat, order):
-            hib = bool(values[values.metric == metric].higher_is_better.iloc[0])
-            ax.set_title(f"{metric} {'↑' if hib else '↓'}")
-        g.savefig(fig_dir / "metrics_by_level.png", dpi=110)
-        plt.close(g.figure)
-        figs.append({"file": "figures/metrics_by_level.png",
-                     "caption": "Mean per method and style level with 95% bootstrap CI (↑ higher is better, ↓ lower)."})
         groups = values.groupby("metric_group").metric.first().to_dict()
         fid, sty = groups.get("fidelity"), groups.get("style")
+        log.info("report: figures (%d)", 2 if fid and sty else 1)
+        _level_bars(values, fig_dir / "metrics_by_level.png")
+        figs.append({"file": "figures/metrics_by_level.png",
+                     "caption": "Mean per method and style level with 95% bootstrap CI (↑ higher is better, ↓ lower)."})
         if fid and sty:
             piv = values[values.metric.isin([fid, sty])].pivot_table(
                 index=["method", "split"], columns="metric", values="value", aggfunc="mean").reset_index()
@@ -165,62 +283,96 @@ def _figures(values: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
             ax.set_title("Content fidelity vs style similarity")
             ax.legend(fontsize=7, loc="best")
             fig.tight_layout()
-            fig.savefig(fig_dir / "tradeoff.png", dpi=110)
-            plt.close(fig)
+            _save(fig, fig_dir / "tradeoff.png", 110)
             figs.append({"file": "figures/tradeoff.png",
                          "caption": f"Each method's mean {fid} against mean {sty}, split by seen/unseen styles."})
     return figs
 
 
-def _expert_section(routing: pd.DataFrame, fig_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """Expert-utilization rows per mixture method and their figures (heatmap, IoU comparison)."""
-    from sxbench.metrics.experts import DIRECTIONS, expert_stats
+NOT_COMPUTED = "not computed: rerun `sxbench run` (or `sxbench report` after a run) to compute expert statistics"
+"""Shown for a mixture method whose routing is stored but whose expert statistics are not (stores written before
+the evaluator stored them): the report reads those statistics, it does not compute them."""
 
-    if routing.empty:
-        return [], []
+
+def _expert_section(routing: pd.DataFrame, set_values: pd.DataFrame, metric_infos: dict[str, dict[str, Any]],
+                    fig_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """The expert-utilization table and its figures.
+
+    Numbers: the stored expert statistics (``set_values`` rows of group ``experts``, subset ``all``, one per method
+    configuration and statistic, ``n`` its distinct styles), never recomputed here. Returns ``({"columns":
+    [{metric, hib, description}], "rows": [{method, n_styles, num_experts, cells}], "missing": [{method, n_styles,
+    num_experts}]}, figures)``; ``missing``: methods with stored routing and no stored statistics. Figures: expert
+    usage by style family (a picture of the stored routing, drawn here) and the stored routing IoU per method."""
+    from sxbench.metrics.experts import EXPERT_METRICS, expert_stats
+
+    ev = set_values[(set_values.metric_group == "experts") & (set_values.subset == "all")] if len(set_values) \
+        else set_values
+    routed = sorted(routing.method.unique()) if len(routing) else []
+    stored = sorted(ev.method.unique()) if len(ev) else []
+    if not routed and not stored:
+        return None, []
+    log.info("report: expert section")
+    known = {m.info.name: m.info for m in EXPERT_METRICS}  # their order, directions and descriptions where none stored
+    order = {name: i for i, name in enumerate(known)}
+    names = sorted(set(ev.metric) if len(ev) else known, key=lambda n: (order.get(n, len(order)), n))
+    hib = ev.groupby("metric").higher_is_better.first().to_dict() if len(ev) else {}
+    columns = [{"metric": n, "hib": bool(hib[n]) if n in hib else known[n].higher_is_better,
+                "description": metric_infos.get(n, {}).get("description") or getattr(known.get(n), "description", "")}
+               for n in names]
+    experts = routing.groupby("method").num_experts.first().to_dict() if len(routing) else {}
+    styles = routing.groupby("method").style_id.nunique().to_dict() if len(routing) else {}
+    cells: dict[str, dict[str, float | None]] = {}
+    n_styles: dict[str, int] = {}
+    for r in ev.itertuples():
+        cells.setdefault(r.method, {}).setdefault(r.metric, None if pd.isna(r.value) else float(r.value))
+        n_styles[r.method] = max(n_styles.get(r.method, 0), int(r.n))
+    rows = [{"method": m, "n_styles": n_styles[m], "num_experts": experts.get(m),
+             "cells": [cells[m].get(n) for n in names]} for m in stored]
+    missing = [{"method": m, "n_styles": styles[m], "num_experts": experts[m]} for m in routed if m not in cells]
+    table = {"columns": columns, "rows": rows, "missing": missing}
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    rows, figs, ious = [], [], []
+    figs = []
     fig_dir.mkdir(parents=True, exist_ok=True)
-    methods = sorted(routing.method.unique())
-    fig, axes = plt.subplots(1, len(methods), figsize=(6.5 * len(methods), 5), squeeze=False)
-    for ax, method in zip(axes[0], methods):
-        d = routing[routing.method == method]
-        st = expert_stats(d, int(d.num_experts.iloc[0]))
-        rows.append({"method": method, "n_styles": st.n_styles, "num_experts": st.num_experts, **st.values})
-        sns.heatmap(st.usage_by_family, ax=ax, cmap="viridis", vmin=0, cbar_kws={"label": "fraction of styles"})
-        ax.set_title(f"{method}: expert usage by style family (mean over layers)")
-        ax.set_xlabel("expert")
-        for kind in ("similar", "related", "dissimilar"):
-            ious.append({"method": method, "pairs": kind, "IoU": st.values[f"routing_iou_{kind}"]})
-    fig.tight_layout()
-    fig.savefig(fig_dir / "expert_usage.png", dpi=100)
-    plt.close(fig)
-    figs.append({"file": "figures/expert_usage.png",
-                 "caption": "How often each expert is chosen for the styles of each family (averaged over layers)."})
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    sns.barplot(pd.DataFrame(ious), x="method", y="IoU", hue="pairs", ax=ax)
-    ax.axhline(0.3318, ls="--", c="k", lw=0.8)
-    ax.axhline(0.1060, ls=":", c="k", lw=0.8)
-    ax.set_title("Routing IoU between styles (paper: 33.18% similar, 10.60% dissimilar)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(fig_dir / "routing_iou.png", dpi=110)
-    plt.close(fig)
-    figs.append({"file": "figures/routing_iou.png",
-                 "caption": "Expert-set IoU for pairs of styles of the same family (similar), the same level "
-                            "(related) and different levels (dissimilar); dashed/dotted: the paper's figures."})
-    return [r | {"directions": DIRECTIONS} for r in rows], figs
+    if routed:
+        fig, axes = plt.subplots(1, len(routed), figsize=(6.5 * len(routed), 5), squeeze=False)
+        for ax, (method, d) in zip(axes[0], routing.groupby("method", sort=True)):
+            with warnings.catch_warnings():  # only the usage table is drawn: the statistics' warnings (a NaN
+                warnings.simplefilter("ignore", RuntimeWarning)  # MI without families) are the evaluator's to raise
+                usage = expert_stats(d, int(d.num_experts.iloc[0])).usage_by_family
+            sns.heatmap(usage, ax=ax, cmap="viridis", vmin=0, cbar_kws={"label": "fraction of styles"})
+            ax.set_title(f"{method}: expert usage by style family (mean over layers)")
+            ax.set_xlabel("expert")
+        fig.tight_layout()
+        _save(fig, fig_dir / "expert_usage.png", 100)
+        figs.append({"file": "figures/expert_usage.png", "caption": "How often each expert is chosen for the styles "
+                                                                    "of each family (averaged over layers)."})
+    ious = [{"method": m, "pairs": kind, "IoU": cells[m].get(f"routing_iou_{kind}")}
+            for m in stored for kind in ("similar", "related", "dissimilar")]
+    if any(r["IoU"] is not None for r in ious):
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        sns.barplot(pd.DataFrame(ious).astype({"IoU": float}), x="method", y="IoU", hue="pairs", ax=ax)
+        ax.axhline(0.3318, ls="--", c="k", lw=0.8)
+        ax.axhline(0.1060, ls=":", c="k", lw=0.8)
+        ax.set_title("Routing IoU between styles (paper: 33.18% similar, 10.60% dissimilar)", fontsize=9)
+        fig.tight_layout()
+        _save(fig, fig_dir / "routing_iou.png", 110)
+        figs.append({"file": "figures/routing_iou.png",
+                     "caption": "Expert-set IoU for pairs of styles of the same family (similar), the same level "
+                                "(related) and different levels (dissimilar); dashed/dotted: the paper's figures."})
+    return table, figs
 
 
 def _training_curves(method_infos: list[dict[str, Any]], fig_dir: Path) -> list[dict[str, str]]:
     """Loss curves of every training log (``*.json`` with a ``history``) in a method's checkpoint folder."""
     logs = []
     for m in method_infos:
-        ckpt = m.get("params", {}).get("checkpoint")
+        ckpt = m.get("provenance", {}).get("checkpoint") or m.get("params", {}).get("checkpoint")  # params: schema 1
         if not ckpt or not Path(ckpt).is_dir():
             continue
         for f in sorted(Path(ckpt).glob("*.json")):
@@ -250,8 +402,7 @@ def _training_curves(method_infos: list[dict[str, Any]], fig_dir: Path) -> list[
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig_dir.mkdir(parents=True, exist_ok=True)
-    fig.savefig(fig_dir / "training_loss.png", dpi=110)
-    plt.close(fig)
+    _save(fig, fig_dir / "training_loss.png", 110)
     return [{"file": "figures/training_loss.png", "caption": "Training losses read from the methods' checkpoint folders."}]
 
 
@@ -266,6 +417,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / DB_NAME).is_file():
         raise FileNotFoundError(f"{run_dir}: no {DB_NAME} here; run `sxbench run --out {run_dir}` first")
+    log.info("report: reading the store")
     with Store(run_dir) as store:
         values = store.values()
         samples = store.samples()
@@ -282,7 +434,9 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     last = runs.iloc[-1] if len(runs) else None
     config = json.loads(last.config) if last is not None else {}
     prov = json.loads(last.provenance) if last is not None else {}
-    metric_rows = sorted(metric_infos.values(), key=lambda m: (GROUP_ORDER.index(m["group"]) if m["group"] in GROUP_ORDER else 99, m["name"]))
+    # the expert statistics are described in their own table (column tooltips), not among the per-sample metrics
+    metric_rows = sorted((m for m in metric_infos.values() if m.get("scope") != "experts" and m["group"] != "experts"),
+                         key=lambda m: (GROUP_ORDER.index(m["group"]) if m["group"] in GROUP_ORDER else 99, m["name"]))
     present = set(values.metric.unique())
     groups: dict[str, list[dict[str, Any]]] = {}
     for m in metric_rows:
@@ -312,16 +466,26 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     # image grid: pairs chosen exactly as the runner chose them when saving inputs
     grid = []
     if len(ok):
+        listings: dict[Path, set[str]] = {}  # one directory read per folder, not a stat per image
+
+        def existing(rel: str | None) -> str | None:
+            if not rel:
+                return None
+            path = run_dir / rel
+            if path.parent not in listings:
+                listings[path.parent] = _file_names(path.parent)
+            return rel if path.name in listings[path.parent] else None
+
         pair_rows = samples.drop_duplicates("pair_id")
         pairs = [PairSpec(r.pair_id, r.content_id, r.style_id, r.split, r.level, r.family,
-                          (run_dir / f"inputs/target/{stable_hash(r.pair_id, 16)}.png").exists())
+                          existing(f"inputs/target/{stable_hash(r.pair_id, 16)}.png") is not None)
                  for r in pair_rows.itertuples()]
         seed0 = ok.seed.min()
+        outputs: dict[str, dict[str, str]] = {}
+        for r in ok[ok.seed == seed0].itertuples():
+            outputs.setdefault(r.pair_id, {})[r.method] = r.output_path
         for p in grid_pairs(pairs):
-            cells = {r.method: r.output_path for r in ok[(ok.pair_id == p.pair_id) & (ok.seed == seed0)].itertuples()}
-            def existing(rel: str | None) -> str | None:
-                return rel if rel and (run_dir / rel).is_file() else None
-
+            cells = outputs.get(p.pair_id, {})
             grid.append({
                 "pair": p,
                 "content": existing(f"inputs/content/{stable_hash(p.content_id, 16)}.png"),
@@ -331,7 +495,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
             })
 
     figures = _figures(values, run_dir / "figures") if len(values) else []
-    expert_rows, expert_figs = _expert_section(routing, run_dir / "figures")
+    experts, expert_figs = _expert_section(routing, set_values, metric_infos, run_dir / "figures")
     infos = sorted(method_infos.values(), key=lambda m: m["name"])
     cards = _method_cards(method_infos, cost, imported, labels)
     figures += expert_figs + _training_curves(infos, run_dir / "figures")
@@ -349,12 +513,13 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         fig = bench_lib.plot(bench_rows, run_dir / "figures" / "latency.png")
         if fig:
             figures.append({"file": "figures/latency.png", "caption": "Transformer step latency vs resolution (benchmarks)"})
+    log.info("report: writing index.html")
     html = env.get_template("index.html.j2").render(
         protocol=config.get("protocol", "?"), config=config, prov=prov, runs=runs.to_dict("records"),
         groups=groups, methods=methods, board=board, by_split=by_split, by_level=by_level, splits=splits,
         levels=levels, n_samples=len(samples), n_ok=len(ok), errors=errors.head(50).to_dict("records"),
         n_errors=len(errors), cost=cost, grid=grid, figures=figures, metric_rows=metric_rows,
-        method_infos=infos, expert_rows=expert_rows, set_table=set_table, bench_rows=bench_rows,
+        method_infos=infos, experts=experts, not_computed=NOT_COMPUTED, set_table=set_table, bench_rows=bench_rows,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
     )
@@ -364,6 +529,15 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     tmp.replace(out)
     log.info("report written to %s", out)
     return out
+
+
+def _file_names(folder: Path) -> set[str]:
+    """Names of the files in ``folder``; empty where it does not exist."""
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name for e in entries if e.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
 
 
 def _checksums(params: dict[str, Any], prefix: str = "", listed: bool = False) -> dict[str, str]:
@@ -383,44 +557,57 @@ def _method_cards(method_infos: dict[tuple[str, str], dict[str, Any]], cost: lis
                   imported: dict[str, dict[str, Any]], labels: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     """One card per stored method configuration (named by ``labels``, from ``config_labels``): reference,
     licences, weights checksums, parameters, measured seconds per image (median over this store's samples of that
-    configuration) and the command that reproduces trained weights."""
+    configuration), the command that reproduces trained weights and the checkpoint folder they were read from.
+    The last two are ``provenance``; stores written before it existed hold them in ``params``, read as a fallback."""
     latency = {(c["method"], c["config"]): (c["latency_ms"] / 1000.0, c["device"]) for c in cost}
+    legacy = ("checkpoint", "reproduce")  # provenance kept in params before MethodInfo.provenance
     cards = []
     for (name, config), m in sorted(method_infos.items()):
-        flat = _checksums(m.get("params", {}))
-        params = {k: v for k, v in m.get("params", {}).items()
-                  if k != "reproduce" and not (k.endswith("sha256") or k == "digest")}
-        reproduce = m.get("params", {}).get("reproduce")
+        raw = m.get("params", {})
+        prov = {k: raw[k] for k in legacy if k in raw} | m.get("provenance", {})
+        flat = _checksums(raw)
+        params = {k: v for k, v in raw.items() if k not in legacy and not (k.endswith("sha256") or k == "digest")}
         label = labels.get((name, config), name)  # configurations without samples: the plain name
         s, dev = latency.get((label, config), (None, None))
         cards.append({"name": label, "version": m["version"], "reference": m.get("reference", ""),
                       "licence": m.get("licence") or ("see the reference" if label in imported else "not recorded"),
-                      "checksums": flat, "params": params, "s_per_image": s, "device": dev, "reproduce": reproduce,
+                      "checksums": flat, "params": params, "s_per_image": s, "device": dev,
+                      "reproduce": prov.get("reproduce"), "checkpoint": prov.get("checkpoint"),
                       "imported": label in imported})
     return cards
 
 
 def _set_table(sv: pd.DataFrame) -> dict[str, Any] | None:
-    """Set metric values as ``{"columns": [{metric, subset, hib}], "rows": {method: [{value, n, best}]}}``."""
+    """Set metric values as ``{"columns": [{metric, subset, hib}], "rows": {method: [{value, n, best}]}}``; the
+    expert statistics (group ``experts``) have their own table."""
+    if len(sv):
+        sv = sv[sv.metric_group != "experts"]
     if not len(sv):
         return None
     cols = sorted({(r.metric, r.subset, bool(r.higher_is_better)) for r in sv.itertuples()},
                   key=lambda c: (c[0], c[1] != "all", c[1]))
+    first: dict[tuple[str, str, str], Any] = {}  # (metric, subset, method) → its stored row (the first, as stored)
+    finite: dict[tuple[str, str], list[float]] = {}
+    for r in sv.itertuples():
+        first.setdefault((r.metric, r.subset, r.method), r)
+        if pd.notna(r.value):
+            finite.setdefault((r.metric, r.subset), []).append(r.value)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in sorted(sv.method.unique())}
     for metric, subset, hib in cols:
-        d = sv[(sv.metric == metric) & (sv.subset == subset)]
-        vals = d.value.dropna()
-        best = (vals.max() if hib else vals.min()) if len(vals) else None
+        vals = finite.get((metric, subset))
+        best = (max(vals) if hib else min(vals)) if vals else None
         for method in rows:
-            hit = d[d.method == method]
-            v = hit.value.iloc[0] if len(hit) and pd.notna(hit.value.iloc[0]) else None
-            rows[method].append({"value": v, "n": int(hit.n.iloc[0]) if len(hit) else 0,
+            hit = first.get((metric, subset, method))
+            v = hit.value if hit is not None and pd.notna(hit.value) else None
+            rows[method].append({"value": v, "n": int(hit.n) if hit is not None else 0,
                                  "best": v is not None and v == best})
     return {"columns": [{"metric": m, "subset": s, "hib": h} for m, s, h in cols], "rows": rows}
 
 
 def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = None) -> Path:
-    """Write the long-format results table (one value per row) as CSV or Parquet."""
+    """Write the long-format results table (one value per row) as CSV or Parquet. ``scope`` tells the rows
+    apart: ``sample`` (one output), ``set`` (a method's outputs over a subset, ``split`` the subset) and ``experts``
+    (a mixture method's expert statistics, ``split`` ``all``); ``n`` is how many outputs (styles, for experts)."""
     run_dir = Path(run_dir)
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"format must be csv or parquet, got {fmt!r}")
@@ -429,9 +616,10 @@ def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = No
     with Store(run_dir) as store:
         df = store.values().assign(scope="sample")
         sv = store.set_values()
-    if len(sv):  # set metrics: one row per (method, subset), sample columns empty
+    if len(sv):  # set metrics and expert statistics: one row per (method, subset), sample columns empty
         sets = sv.rename(columns={"subset": "split"}).assign(
-            scope="set", split=lambda d: d.split.str.removeprefix("split="),
+            scope=np.where(sv.metric_group == "experts", "experts", "set"),
+            split=lambda d: d.split.str.removeprefix("split="),
             metric_version=sv.version, higher_is_better=sv.higher_is_better.astype(bool))
         df = pd.concat([df, sets[[c for c in ("method", "method_config", "split", "metric", "value", "higher_is_better",
                                               "metric_group", "metric_version", "backbone", "scope", "n")

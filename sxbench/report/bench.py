@@ -55,9 +55,9 @@ def load(paths: list[Path]) -> list[dict[str, Any]]:
     """Rows of every JSON in ``paths`` (unreadable files are skipped with their error as a row note)."""
     out = []
     for p in paths:
-        data = json.loads(Path(p).read_text())
-        for r in rows(data):
-            out.append(r | {"file": Path(p).name, "ratio": ratios(rows(data)).get(r["name"])})
+        table = rows(json.loads(Path(p).read_text()))
+        ratio = ratios(table)  # once per file, not once per row
+        out += [r | {"file": Path(p).name, "ratio": ratio.get(r["name"])} for r in table]
     return out
 
 
