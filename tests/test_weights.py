@@ -274,7 +274,7 @@ def test_default_metrics_without_weights_are_listed_as_not_run(tmp_path):
     assert set(r.skipped_metrics) == with_weights
     for name, why in r.skipped_metrics.items():
         assert why.startswith("not run:") and any(f"sxbench weights fetch {b}" in why for b in needs[name]), (name, why)
-    assert {m.info.name for m in [*r.metrics, *r.set_metrics]} == defaults - with_weights
+    assert {m.info.name for m in [*r.evaluator.image_metrics, *r.evaluator.set_metrics]} == defaults - with_weights
     summary = r.run()
     assert summary.generated == 1 and summary.failed == 0 and summary.skipped_metrics == r.skipped_metrics
     with closing(sqlite3.connect(tmp_path / "r" / "results.sqlite")) as con:
@@ -298,7 +298,7 @@ def test_paper_protocol_draws_pairs_per_style_and_lists_what_it_cannot_run(tmp_p
     r = Runner(RunConfig(protocol="paper", protocol_args={"root": str(tmp_path / "imgs"), "resolution": 56,
                                                           "pairs_per_style": 2},
                          methods=("identity",), out=tmp_path / "r", weights_dir=str(tiny_weights)))
-    assert {m.info.name for m in r.metrics} == {"clip_content", "dino_content", "csd_style", "aesthetic"}
+    assert {m.info.name for m in r.evaluator.image_metrics} == {"clip_content", "dino_content", "csd_style", "aesthetic"}
     assert set(r.skipped_metrics) == {"dreamsim_style", "vlm_semantic"}
     assert "sxbench weights fetch dreamsim-ensemble" in r.skipped_metrics["dreamsim_style"]
     assert "sxbench weights fetch qwen2.5-vl-7b" in r.skipped_metrics["vlm_semantic"]
