@@ -123,6 +123,8 @@ class Evaluator:
             dep = getattr(registry.metrics.get(name), "distance_metric", None)  # unknown explicit names fail here
             if dep and dep not in names:  # set metrics built on a per-image metric get it too (artfid)
                 names.append(dep)
+        if names:
+            log.info("loading %d metric(s): %s", len(names), ", ".join(names))
         for name in names:
             try:
                 metric: Metric = registry.metrics.get(name)(self.context)
