@@ -45,7 +45,8 @@ def _forward_seconds(ev: Evaluator, items: list[Item]) -> dict[str, float]:
               "style": [ev.protocol.style(it.pair.style_id).resize((size, size)) if ev.protocol.style(it.pair.style_id).size != (size, size)
                         else ev.protocol.style(it.pair.style_id) for it in items]}
     out: dict[str, float] = {}
-    for ext, role, _fields, _persist in ev._plan:
+    for e in ev._plan:
+        ext, role = e["ext"], e["role"]
         distinct = list({image_key(im): im for im in images[role]}.values())
         x = to_tensor(distinct)
         with torch.no_grad():

@@ -161,25 +161,34 @@ class Evaluator:
 
     # ------------------------------------------------------------------------------------- features
     @staticmethod
-    def _feature_plan(image_metrics: Sequence[ImageMetric], set_metrics: Sequence[SetMetric]
-                      ) -> list[tuple[Any, str, tuple[str, ...], tuple[str, ...]]]:
-        """``(extractor, role, fields, persist)`` for every backbone pass a batch needs, one per (backbone, role):
-        the metrics' reads merged, so DINO runs once for ``dino_content`` and ``dino_structure``."""
+    def _feature_plan(image_metrics: Sequence[ImageMetric], set_metrics: Sequence[SetMetric]) -> list[dict[str, Any]]:
+        """One entry (``ext``, ``role``, ``fields``, ``persist``, ``keep``) for every backbone pass a batch needs,
+        one per (backbone, role): the metrics' reads merged, so DINO runs once for ``dino_content`` and
+        ``dino_structure``. References are kept in memory for the run (``keep``) unless a metric says they are
+        too large (the pairwise LPIPS trunks); then they live in the size-bounded recent memory."""
         plan: dict[tuple[int, str], dict[str, Any]] = {}
+
+        def entry(ext: Any, role: str) -> dict[str, Any]:
+            return plan.setdefault((id(ext), role), {"ext": ext, "role": role, "fields": set(), "all": False,
+                                                     "persist": set(), "keep": role != "output"})
+
         for m in image_metrics:
             ext = getattr(m, "extractor", None)
             for role in getattr(m, "roles", ()) if ext is not None else ():
-                e = plan.setdefault((id(ext), role), {"ext": ext, "role": role, "fields": set(), "persist": set()})
+                e = entry(ext, role)
                 e["fields"].update(m.fields)
+                e["all"] |= not m.fields
                 if role != "output" and m.persist_references and m.fields:
                     e["persist"].update(m.fields)
+                if role != "output" and not m.persist_references:
+                    e["keep"] = False
         for m in set_metrics:
             for role in m.roles:
-                e = plan.setdefault((id(m.extractor), role), {"ext": m.extractor, "role": role, "fields": set(),
-                                                             "persist": set()})
+                e = entry(m.extractor, role)
                 e["fields"].update(m.fields)
                 e["persist"].update(m.fields)  # set features are read again when the set metrics are computed
-        return [(e["ext"], e["role"], tuple(sorted(e["fields"])), tuple(sorted(e["persist"]))) for e in plan.values()]
+        return [{"ext": e["ext"], "role": e["role"], "fields": () if e["all"] else tuple(sorted(e["fields"])),
+                 "persist": tuple(sorted(e["persist"])), "keep": e["keep"]} for e in plan.values()]
 
     def _ref_key(self, kind: str, ident: str, im: Image.Image) -> str:
         k = self._ref_keys.get((kind, ident))
@@ -187,15 +196,16 @@ class Evaluator:
             k = self._ref_keys[(kind, ident)] = image_key(im)
         return k
 
-    def _prefetch(self, plan: list[tuple[Any, str, tuple[str, ...], tuple[str, ...]]], images: dict[str, torch.Tensor],
-                  keys: dict[str, list[str]]) -> None:
-        for ext, role, _fields, persist in plan:
-            if role not in images:
+    def _prefetch(self, plan: list[dict[str, Any]], images: dict[str, torch.Tensor], keys: dict[str, list[str]]) -> None:
+        for e in plan:
+            if e["role"] not in images:
                 continue
-            dev = next(ext.parameters()).device
-            with torch.no_grad():
-                self.cache.features(ext, images[role].to(dev), keys[role], keep=role != "output", persist=persist,
-                                    batch=FEATURE_BATCH)
+            try:
+                with torch.no_grad():
+                    self.cache.features(e["ext"], images[e["role"]], keys[e["role"]], fields=e["fields"],
+                                        keep=e["keep"], persist=e["persist"], batch=FEATURE_BATCH)
+            except Exception as exc:  # the metrics on this backbone fail alone (and say so); the others go on
+                log.error("%s features of the %ss failed: %s: %s", e["ext"].backbone, e["role"], type(exc).__name__, exc)
 
     # ---------------------------------------------------------------------------------- per image
     def score(self, items: Sequence[Item], only: dict[str, set[str]] | None = None) -> dict[str, list[MetricValue]]:
@@ -213,6 +223,7 @@ class Evaluator:
         keys = {"output": [image_key(o) for o in outs],
                 "content": [self._ref_key("content", it.pair.content_id, c) for it, c in zip(items, contents)],
                 "style": [self._ref_key("style", it.pair.style_id, s) for it, s in zip(items, styles)]}
+        keys["target"] = [self._ref_key("target", it.pair.pair_id, t) if t is not None else "" for it, t in zip(items, targets)]
         for it, k in zip(items, keys["output"]):
             self._out_keys[it.key] = k
         images = {"output": to_tensor(outs), "content": to_tensor(contents), "style": to_tensor(styles)}
@@ -316,9 +327,9 @@ class Evaluator:
         styles = [_at(self.protocol.style(pairs[r.pair_id].style_id), size) for r in rows_]
         skeys = [self._ref_key("style", pairs[r.pair_id].style_id, s) for r, s in zip(rows_, styles)]
         with torch.no_grad():
-            fo = self.cache.features(m.extractor, outputs, keys, persist=m.fields, batch=FEATURE_BATCH)
-            fs = self.cache.features(m.extractor, to_tensor(styles), skeys, keep=True, persist=m.fields,
-                                     batch=FEATURE_BATCH)
+            fo = self.cache.features(m.extractor, outputs, keys, fields=m.fields, persist=m.fields, batch=FEATURE_BATCH)
+            fs = self.cache.features(m.extractor, to_tensor(styles), skeys, fields=m.fields, keep=True,
+                                     persist=m.fields, batch=FEATURE_BATCH)
         return fo[m.field].double().cpu().numpy(), fs[m.field].double().cpu().numpy()
 
     def set_scores(self, store: Store, run_dir: Path, methods: Sequence[str] | None = None) -> int:
@@ -340,31 +351,29 @@ class Evaluator:
         n = 0
         for method, config, subset, rows, digest, ms in tqdm(todo, desc="set metrics", unit="set",
                                                               disable=not self.progress):
-            if len(rows) < min(m.min_samples for m in ms):
-                for m in ms:
-                    store.write_set_value(method, config, m.info, subset, None, len(rows), digest)
-                continue
-            feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            for m in ms:  # each set metric gets its own backbone's features
-                if m.backbone_name not in feats and len(rows) >= m.min_samples:
-                    feats[m.backbone_name] = self._set_features(m, rows, run_dir)
+            feats: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
             view_values: dict[str, np.ndarray] = {}
             deps = {m.distance_metric for m in ms if m.distance_metric}
             if deps:
                 values = store.values() if values is None else values
-                for dep in deps:
-                    v = values[(values.metric == dep) & values.sample_key.isin(rows.sample_key)]
-                    if len(v) == len(rows):
-                        view_values[dep] = v.value.to_numpy()
-            view = SetView({b: f[0] for b, f in feats.items()}, {b: f[1] for b, f in feats.items()}, view_values)
+                for dep in deps:  # in the rows' order, complete columns only
+                    v = values[values.metric == dep].set_index("sample_key").value.reindex(rows.sample_key)
+                    if v.notna().all():
+                        view_values[dep] = v.to_numpy()
             for m in ms:
-                val = None
-                if len(rows) >= m.min_samples:
-                    try:
-                        val = m.compute(view)
-                    except Exception as exc:
-                        log.error("set metric %s failed for %s (%s): %s: %s", m.info.name, method, subset,
-                                  type(exc).__name__, exc)
+                if len(rows) < m.min_samples:
+                    store.write_set_value(method, config, m.info, subset, None, len(rows), digest)
+                    continue
+                try:
+                    fkey = (m.backbone_name, m.field)  # each set metric gets its own backbone's feature
+                    if fkey not in feats:
+                        feats[fkey] = self._set_features(m, rows, run_dir)
+                    fo, fs = feats[fkey]
+                    val = m.compute(SetView({m.backbone_name: fo}, {m.backbone_name: fs}, view_values))
+                except Exception as exc:  # not stored: the next run tries again
+                    log.error("set metric %s failed for %s (%s): %s: %s", m.info.name, method, subset,
+                              type(exc).__name__, exc)
+                    continue
                 store.write_set_value(method, config, m.info, subset, val, len(rows), digest)
                 n += 1
         return n

@@ -254,7 +254,7 @@ class Importer:
                     rel = f"images/{name}/{k}.png"
                     write_png(im, self.run_dir / rel)
                     store.write_sample(self._record(info, run_id, t, k, output_path=rel), values.get(k, []))
-            rescored = self.evaluator.finish(store, self.run_dir, None)
+            rescored = self.evaluator.finish(store, self.run_dir, [name])
             store.finish_run(run_id, prov)
         finally:
             store.close()

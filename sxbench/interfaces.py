@@ -111,7 +111,7 @@ class EvalContext:
     weights_dir: str | None = None
     """Pretrained weights folder (``sxbench.weights``); ``None``: ``$SXBENCH_WEIGHTS`` or the user cache."""
     cache: Any = None
-    """The run's ``sxbench.backbones.models.FeatureCache`` (memory, and the run folder's feature files); ``None``:
+    """The run's ``sxbench.features.FeatureCache`` (memory, and the run folder's feature files); ``None``:
     the metric keeps its own in memory."""
 
 

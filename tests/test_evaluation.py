@@ -207,3 +207,22 @@ def test_backbones_never_import_the_weights_module():
             + "bad = [m for m in sys.modules if m == 'sxbench.weights']\nprint(bad)\nsys.exit(1 if bad else 0)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_reference_read_back_with_some_fields_is_not_an_output_with_all(tiny_weights, tmp_path):
+    """``stylecopy``'s outputs are the style images: their feature file holds the Grams only (what the style role
+    reads), so a later process must compute relu4_2 for ``vgg_content_loss`` instead of dropping the metric."""
+    protocol = registry.create_protocol("synth-smoke")
+    pairs = protocol.spec.pairs
+    kw = dict(metrics=("vgg_gram_style", "vgg_content_loss"), weights_dir=str(tiny_weights), run_dir=tmp_path,
+              progress=False)
+    Evaluator(protocol, pairs, (0,), **kw).score(_items(protocol, "reinhard", len(pairs)))  # writes the styles' Grams
+    copies = _items(protocol, "stylecopy", len(pairs))
+    got = Evaluator(protocol, pairs, (0,), **kw).score(copies)
+    metric = registry.create_metric("vgg_content_loss", weights_dir=str(tiny_weights))
+    x = to_tensor([it.image for it in copies])
+    c = to_tensor([protocol.content(it.pair.content_id) for it in copies])
+    want = metric.score(x, content=c).tolist()
+    assert [next(v.value for v in got[it.key] if v.metric == "vgg_content_loss") for it in copies] == pytest.approx(
+        want, rel=1e-5)
+    assert all({v.metric for v in got[it.key]} == {"vgg_gram_style", "vgg_content_loss"} for it in copies)

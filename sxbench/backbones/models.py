@@ -24,6 +24,9 @@ class FeatureExtractor(nn.Module):
     resolution: int = 224
     """Side of the square the images are resized to (stated in the report)."""
     weights_sha256: str | None = None
+    feature_version: str = "1"
+    """Bumped when ``forward``'s preprocessing or outputs change for the same weights (it names the run folder's
+    feature files, ``sxbench.features.tag``)."""
 
     def resize(self, images: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
         if images.shape[-1] == self.resolution and images.shape[-2] == self.resolution:
@@ -71,14 +74,13 @@ class VGG19(FeatureExtractor):
         with ``resize=False``, as the stylization methods use it)."""
         x = (self.resize(images) if resize else images).flip(1) * 255.0 - self.mean
         out: dict[str, torch.Tensor] = {}
-        last = max(int(w[4]) for w in wanted)
         for b, n in enumerate(VGG19_BLOCKS, 1):
             for c in range(1, n + 1):
                 x = F.relu(self.convs[f"block{b}_conv{c}"](x))
                 if f"relu{b}_{c}" in wanted:
                     out[f"relu{b}_{c}"] = x
-            if b == last:
-                break
+                    if len(out) == len(set(wanted)):  # nothing deeper is needed (relu5_1: 3 of 16 convs saved)
+                        return out
             x = F.max_pool2d(x, 2)
         return out
 

@@ -48,7 +48,8 @@ class BackboneMetric(ImageMetric):
 
     def feats(self, images: torch.Tensor, keys: Sequence[str] | None) -> dict[str, torch.Tensor]:
         dev = next(self.extractor.parameters()).device
-        return {k: v.float() for k, v in self.cache.features(self.extractor, images.to(dev), keys).items()}
+        return {k: v.float() for k, v in self.cache.features(self.extractor, images.to(dev), keys,
+                                                             fields=self.fields).items()}
 
     @staticmethod
     def key(keys: dict[str, Sequence[str]] | None, which: str) -> Sequence[str] | None:

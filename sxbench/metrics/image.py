@@ -40,14 +40,35 @@ class ContentEdgeF1(ImageMetric):
         return Fn.edge_f1(Fn.edge_map(output), Fn.edge_map(ref))
 
 
-class StyleColorSWD(ImageMetric):
+class _ColorSWD(ImageMetric):
+    """Lab colour SWD to a reference (``reference``: ``style`` or ``target``). With ``keys``, each reference's
+    quantiles (``functional.color_quantiles``) are computed once and kept: they are the same for every method."""
+
+    reference: str
+
+    def __init__(self, context=None) -> None:
+        super().__init__(context)
+        self._quantiles: dict[str, torch.Tensor] = {}
+
+    def score(self, output, *, content=None, style=None, target=None, keys=None):
+        ref = _need(style if self.reference == "style" else target, self.reference, self.info.name)
+        ids = None if keys is None else keys.get(self.reference)
+        if ids is None:
+            return Fn.color_swd(output, ref)
+        todo = [i for i, k in enumerate(ids) if k not in self._quantiles]
+        if todo:
+            for i, q in zip(todo, Fn.color_quantiles(ref[torch.tensor(todo)])):
+                self._quantiles[ids[i]] = q
+        qy = torch.stack([self._quantiles[k] for k in ids])
+        return (Fn.color_quantiles(output) - qy).abs().mean((1, 2)).float()
+
+
+class StyleColorSWD(_ColorSWD):
     info = MetricInfo(
         "style_color_swd", False, (0.0, INF), "style", frozenset({"style"}),
         description="Sliced Wasserstein distance between Lab colour distributions of output and style reference.",
     )
-
-    def score(self, output, *, content=None, style=None, target=None, keys=None):
-        return Fn.color_swd(output, _need(style, "style", self.info.name))
+    reference = "style"
 
 
 class StyleGram(ImageMetric):
@@ -90,11 +111,9 @@ class TargetDetail(ImageMetric):
         return Fn.high_frequency_distance(output, _need(target, "target", self.info.name))
 
 
-class TargetColorSWD(ImageMetric):
+class TargetColorSWD(_ColorSWD):
     info = MetricInfo(
         "target_color_swd", False, (0.0, INF), "detail", frozenset({"target"}),
         description="Sliced Wasserstein distance of Lab colours to the target.",
     )
-
-    def score(self, output, *, content=None, style=None, target=None, keys=None):
-        return Fn.color_swd(output, _need(target, "target", self.info.name))
+    reference = "target"

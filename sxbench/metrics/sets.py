@@ -107,7 +107,7 @@ class SetMetric(Metric):
     def features(self, images: torch.Tensor, keys: list[str] | None) -> np.ndarray:
         """``(B, D)`` float64 features of ``images`` through the run's cache."""
         dev = next(self.extractor.parameters()).device
-        return self.cache.features(self.extractor, images.to(dev), keys)[self.field].double().cpu().numpy()
+        return self.cache.features(self.extractor, images.to(dev), keys, fields=self.fields)[self.field].double().cpu().numpy()
 
     def compute(self, view: SetView) -> float | None:
         raise NotImplementedError
