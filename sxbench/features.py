@@ -61,6 +61,7 @@ class FeatureCache:
         self._recent_size = 0
         self._partial: set[tuple[str, str]] = set()  # entries read from disk: only the persisted fields
         self._save_failed = False
+        self._disk: dict[tuple[str, str], set[str]] = {}
         self.computed = 0
         """Images passed through a backbone by this cache (all backbones)."""
         self.loaded = 0
@@ -117,6 +118,37 @@ class FeatureCache:
             return None
         return data if all(f in data for f in fields) else None
 
+    def _on_disk(self, t: str, key: str) -> set[str]:
+        """Fields the feature file of ``(t, key)`` holds (remembered after the first look)."""
+        if (t, key) not in self._disk:
+            path, found = self._path(t, key), set()
+            if path.is_file():
+                from safetensors import safe_open
+
+                try:
+                    with safe_open(str(path), "pt") as f:
+                        found = set(f.keys())
+                except Exception:
+                    found = set()
+            self._disk[(t, key)] = found
+        return self._disk[(t, key)]
+
+    def _persist(self, t: str, key: str, feats: Features, fields: tuple[str, ...]) -> None:
+        """Write ``fields`` of ``feats`` to the feature file unless it holds them already; the file keeps the
+        fields other roles wrote (an image can be a style for one metric and an output or a content for another)."""
+        if self.root is None or not fields or set(fields) <= self._on_disk(t, key):
+            return
+        if not all(f in feats for f in fields):
+            return
+        have = self._on_disk(t, key)
+        merged = dict(feats)
+        if have - set(fields):
+            old = self._load(t, key, (), torch.device("cpu")) or {}
+            merged = old | {f: feats[f] for f in fields}
+            fields = tuple(sorted(set(fields) | set(old)))
+        self._save(t, key, merged, fields)
+        self._disk[(t, key)] = set(fields)
+
     def _save(self, t: str, key: str, feats: Features, fields: Iterable[str]) -> None:
         """Best effort: a cache that cannot be written (disk full, read-only folder) costs recomputation later."""
         from safetensors.torch import save_file
@@ -162,8 +194,10 @@ class FeatureCache:
                 if got is not None:
                     self.loaded += 1
                     self._put((t, k), got, keep, partial=True)
-            elif got is not None and keep and (t, k) not in self._mem:
-                self._put((t, k), got, keep, partial=(t, k) in self._partial)  # a reference seen as an output
+            elif got is not None:
+                if keep and (t, k) not in self._mem:  # a reference first seen as an output (identity)
+                    self._put((t, k), got, keep, partial=(t, k) in self._partial)
+                self._persist(t, k, got, persist)
             rows.append(got)
         first: dict[str, int] = {}
         for i, (k, r) in enumerate(zip(keys, rows)):
@@ -178,8 +212,7 @@ class FeatureCache:
             for j, i in enumerate(idx):
                 feats = {n: v[j].detach() for n, v in new.items()}
                 self._put((t, keys[i]), feats, keep)
-                if persist and self.root is not None:
-                    self._save(t, keys[i], feats, persist)
+                self._persist(t, keys[i], feats, persist)
                 rows[i] = feats
             self.computed += len(idx)
         for i, k in enumerate(keys):
