@@ -182,9 +182,10 @@ class FeatureCache:
             batch: compute missing images ``batch`` at a time (small batches run faster on CPU); default all.
         """
         dev = _device(extractor)
-        if keys is None:
-            x = images if isinstance(images, torch.Tensor) else images(list(range(len(keys or ()))))
-            return extractor(x.to(dev))
+        if keys is None:  # nothing names the images: compute, cache nothing
+            if not isinstance(images, torch.Tensor):
+                raise TypeError("features(): images given as a function need keys")
+            return extractor(images.to(dev))
         t, persist, fields = tag(extractor), tuple(persist), tuple(fields)
         rows: list[Features | None] = []
         for k in keys:

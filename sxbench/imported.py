@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 
 from sxbench import registry
 from sxbench.interfaces import PairSpec, Protocol
-from sxbench.evaluation import Evaluator, Item, chunks
+from sxbench.evaluation import Item, chunks
 from sxbench.records import IMPORTED_VERSION, ImportedMethodInfo, SampleRecord, stable_hash
-from sxbench.runner import RunConfig, provenance, run_record, sample_key, save_grid_inputs, write_png
+from sxbench.runner import RunConfig, prepare, provenance, run_record, sample_key, save_grid_inputs, write_png
 from sxbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -175,13 +175,7 @@ class Importer:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.run_dir = config.run_dir
-        self.protocol: Protocol = registry.create_protocol(
-            config.protocol, **({"seeds": config.seeds} if config.seeds else {}), **config.protocol_args)
-        spec = self.protocol.spec
-        self.pairs = spec.pairs[: config.limit] if config.limit else spec.pairs
-        self.seeds = tuple(config.seeds or spec.seeds)
-        self.evaluator = Evaluator(self.protocol, self.pairs, self.seeds, metrics=config.metrics, device=config.device,
-                                   weights_dir=config.weights_dir, run_dir=self.run_dir, progress=config.progress)
+        self.protocol, self.pairs, self.seeds, self.evaluator = prepare(config)
         self.skipped_metrics = self.evaluator.skipped
 
     def import_outputs(self, directory: str | Path, name: str, *, reference: str = "", notes: str = "") -> ImportSummary:

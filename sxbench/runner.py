@@ -180,17 +180,10 @@ class Runner:
     def __init__(self, config: RunConfig) -> None:
         self.config = config
         self.run_dir = config.run_dir
-        self.protocol: Protocol = registry.create_protocol(
-            config.protocol, **({"seeds": config.seeds} if config.seeds else {}), **config.protocol_args
-        )
-        spec = self.protocol.spec
-        self.pairs = spec.pairs[: config.limit] if config.limit else spec.pairs
-        self.seeds = tuple(config.seeds or spec.seeds)
+        self.protocol, self.pairs, self.seeds, self.evaluator = prepare(config)
+        self.skipped_metrics = self.evaluator.skipped
         self._kill_after = _kill_after_samples()
         self._committed = 0
-        self.evaluator = Evaluator(self.protocol, self.pairs, self.seeds, metrics=config.metrics, device=config.device,
-                                  weights_dir=config.weights_dir, run_dir=self.run_dir, progress=config.progress)
-        self.skipped_metrics = self.evaluator.skipped
 
     # ------------------------------------------------------------------------------------------ helpers
     def _inputs(self, pair: PairSpec) -> tuple[Image.Image, Image.Image]:
@@ -305,6 +298,19 @@ class Runner:
             except ValueError as exc:
                 results.append((f"invalid output: {exc}", meter.seconds, len(batch), meter, []))
         return results
+
+
+def prepare(config: RunConfig) -> tuple[Protocol, Sequence[PairSpec], tuple[int, ...], Evaluator]:
+    """What every producer (``Runner``, ``sxbench.imported.Importer``) starts from: the protocol, its pairs after
+    ``limit``, the seeds and the run's evaluator."""
+    protocol = registry.create_protocol(config.protocol, **({"seeds": config.seeds} if config.seeds else {}),
+                                        **config.protocol_args)
+    spec = protocol.spec
+    pairs = spec.pairs[: config.limit] if config.limit else spec.pairs
+    seeds = tuple(config.seeds or spec.seeds)
+    evaluator = Evaluator(protocol, pairs, seeds, metrics=config.metrics, device=config.device,
+                          weights_dir=config.weights_dir, run_dir=config.run_dir, progress=config.progress)
+    return protocol, pairs, seeds, evaluator
 
 
 def run_record(spec: Any, seeds: Sequence[int], limit: int | None, n_pairs: int, methods: Sequence[str],

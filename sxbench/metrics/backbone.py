@@ -18,10 +18,21 @@ import torch.nn.functional as F
 
 from sxbench.backbones.models import CONTENT_LAYER, GRAM_LAYERS
 from sxbench.features import FeatureCache
-from sxbench.interfaces import EvalContext, ImageMetric
+from sxbench.interfaces import EvalContext, ImageMetric, Metric
 from sxbench.metrics.image import INF, _need
 from sxbench.records import MetricInfo
 from sxbench.weights import load_extractor
+
+
+def attach_backbone(metric: Metric, **info: Any) -> None:
+    """Give a metric on a pretrained backbone (``metric.backbone_name``) its extractor, loaded from its context's
+    device and weights folder, the run's feature cache (or one of its own), and an ``info.backbone`` naming the
+    weights (``<backbone>@<sha256[:12]>``), with any other ``info`` fields replaced. Image and set metrics both use it."""
+    ctx = metric.context
+    metric.extractor = load_extractor(metric.backbone_name, ctx.device, Path(ctx.weights_dir) if ctx.weights_dir else None)
+    metric.cache = ctx.cache if ctx.cache is not None else FeatureCache()
+    sha = (metric.extractor.weights_sha256 or "unverified")[:12]
+    metric.info = dataclasses.replace(type(metric).info, backbone=f"{metric.backbone_name}@{sha}", **info)
 
 
 class BackboneMetric(ImageMetric):
@@ -40,11 +51,7 @@ class BackboneMetric(ImageMetric):
 
     def __init__(self, context: EvalContext | None = None) -> None:
         super().__init__(context)
-        ctx = self.context
-        self.extractor = load_extractor(self.backbone_name, ctx.device, Path(ctx.weights_dir) if ctx.weights_dir else None)
-        self.cache = ctx.cache if ctx.cache is not None else FeatureCache()
-        sha = (self.extractor.weights_sha256 or "unverified")[:12]
-        self.info = dataclasses.replace(type(self).info, backbone=f"{self.backbone_name}@{sha}")
+        attach_backbone(self)
 
     def feats(self, images: torch.Tensor, keys: Sequence[str] | None) -> dict[str, torch.Tensor]:
         dev = next(self.extractor.parameters()).device

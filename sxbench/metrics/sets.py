@@ -12,19 +12,16 @@ Sets smaller than ``min_samples`` get no value (the covariance of a handful of i
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import torch
 
-from sxbench.features import FeatureCache
 from sxbench.interfaces import EvalContext, Metric
+from sxbench.metrics.backbone import attach_backbone
 from sxbench.metrics.image import INF
 from sxbench.records import MetricInfo
-from sxbench.weights import load_extractor
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -97,11 +94,7 @@ class SetMetric(Metric):
 
     def __init__(self, context: EvalContext | None = None) -> None:
         super().__init__(context)
-        ctx = self.context
-        self.extractor = load_extractor(self.backbone_name, ctx.device, Path(ctx.weights_dir) if ctx.weights_dir else None)
-        self.cache = ctx.cache if ctx.cache is not None else FeatureCache()
-        sha = (self.extractor.weights_sha256 or "unverified")[:12]
-        self.info = dataclasses.replace(type(self).info, backbone=f"{self.backbone_name}@{sha}", scope="set")
+        attach_backbone(self, scope="set")
         self.fields = (self.field,)
 
     def features(self, images: torch.Tensor, keys: list[str] | None) -> np.ndarray:
