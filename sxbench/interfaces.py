@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sxbench.records import MethodInfo, MetricInfo
+from sxbench.records import MethodInfo, MetricInfo, stable_hash
 
 MethodOutput = Image.Image | np.ndarray | torch.Tensor
 
@@ -177,6 +177,10 @@ class PairSpec:
     """Style family, or ``none``."""
     has_target: bool = False
     """Whether a ground-truth stylized target exists."""
+    inputs: str = ""
+    """Digest of the bytes of the pair's input files (content, style, target) for protocols that read files
+    (``folder``, ``paper``, ``photos``); ``""`` where the images are generated from the protocol's version and
+    options. Part of the sample key (``ProtocolSpec.setup``): an edited input file regenerates its pairs."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,15 @@ class ProtocolSpec:
     """One paragraph for the report."""
     params: dict[str, Any] = field(default_factory=dict)
     """Protocol options, recorded in the run."""
+
+    LOCATION_PARAMS = ("root",)
+    """``params`` that say where inputs live, not what they are: left out of ``setup`` (the input bytes are in)."""
+
+    def setup(self, pair: PairSpec) -> str:
+        """Digest of everything besides the method, ids and seed that determines ``pair``'s output: resolution,
+        resize policy, options (not where the files live) and the pair's input bytes (``PairSpec.inputs``)."""
+        options = {k: v for k, v in self.params.items() if k not in self.LOCATION_PARAMS}
+        return stable_hash([self.resolution, self.resize_policy, options, pair.inputs], 16)
 
 
 class Protocol(abc.ABC):

@@ -24,9 +24,14 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 
 
 def sample_key_of(method_config: str, protocol: str, protocol_version: str, pair_id: str, content_id: str,
-                  style_id: str, seed: int) -> str:
-    """Content hash of (method config, protocol, content, style, seed): a sample's key and PNG stem."""
-    return stable_hash([method_config, protocol, protocol_version, pair_id, content_id, style_id, seed], 24)
+                  style_id: str, seed: int, setup: str = "") -> str:
+    """Content hash of (method config, protocol, content, style, seed, setup): a sample's key and PNG stem.
+
+    ``setup`` (``ProtocolSpec.setup``) covers the rest of what determines the output: resolution, resize policy,
+    protocol options and the bytes of the pair's input files. Stores before schema 3 keyed samples without it
+    (``""``); ``Store.adopt_legacy`` moves such samples onto the full key where it can prove the setup."""
+    parts: list[Any] = [method_config, protocol, protocol_version, pair_id, content_id, style_id, seed]
+    return stable_hash(parts + [setup] if setup else parts, 24)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -156,6 +161,11 @@ class SampleRecord:
     """``cuda_allocated`` or ``cpu_rss``."""
     device: str
     """Device the method ran on."""
+    setup: str = ""
+    """``ProtocolSpec.setup`` of the pair (resolution, resize policy, options, input bytes); part of the key.
+    ``""``: stored before schema 3, setup unknown."""
+    resolution: int = 0
+    """Side of the output in pixels (``0``: stored before schema 3)."""
 
 
 @dataclass(frozen=True)
@@ -176,3 +186,6 @@ class MetricValue:
     """Metric version."""
     backbone: str | None
     """Backbone name, ``None`` for weight-free metrics."""
+    weights: str | None = None
+    """sha256 of the backbone weights that computed it (``None``: weight-free, or stored before schema 3).
+    A value whose weights differ from the loaded backbone's is rescored, never pooled."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import time
 import uuid
@@ -66,6 +67,25 @@ CREATE TABLE IF NOT EXISTS metric_values (
 """
 
 
+class UnsafePathError(ValueError):
+    """A path read from a store that points outside its run folder (absolute, ``..``, or a symlink out)."""
+
+
+def contained(root: str | Path, rel: str | os.PathLike) -> Path:
+    """``root / rel`` resolved, if it stays inside ``root``; else ``UnsafePathError``. Every path read from a
+    database goes through this before a read or a delete: a crafted ``results.sqlite`` must not reach other files."""
+    base = Path(root).resolve()
+    rel = Path(rel)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise UnsafePathError(f"{base / DB_NAME}: stored path {str(rel)!r} points outside the run folder; refused "
+                              "(the database was edited or comes from elsewhere)")
+    path = (base / rel).resolve()
+    if path != base and base not in path.parents:
+        raise UnsafePathError(f"{base / DB_NAME}: stored path {str(rel)!r} resolves to {path}, outside the run folder; "
+                              "refused (a symlink points out)")
+    return path
+
+
 class Store:
     """Open (creating if needed) the store of a run folder."""
 
@@ -82,6 +102,10 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    def resolve(self, rel: str | os.PathLike) -> Path:
+        """A stored output path, inside the run folder (``contained``)."""
+        return contained(self.root, rel)
 
     def __enter__(self) -> "Store":
         return self
