@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,6 +38,28 @@ def _protocol_args(protocol: str) -> tuple[str, dict]:
     if "/" in protocol or (protocol not in registry.protocols and Path(protocol).exists()):
         return "folder", {"root": protocol}
     return protocol, {}
+
+
+def _default_out(name: str, pargs: dict) -> Path:
+    """``reports/<protocol>``; for the user's folders and manifests ``reports/<stem>-<hash of the resolved path>``,
+    so two folders with the same name never share a run folder."""
+    if name not in ("folder", "paper"):
+        return Path("reports") / name
+    from sxbench.records import stable_hash
+
+    root = Path(pargs["root"]).expanduser().resolve()
+    return Path("reports") / f"{root.stem or name}-{stable_hash(str(root), 8)}"
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a run folder (it holds results.sqlite), a new folder or an empty one."""
+    from sxbench.store import DB_NAME
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder for the run")
+    if out.is_dir() and not (out / DB_NAME).is_file() and any(out.iterdir()):
+        raise ValueError(f"--out {out}: exists and is not a run folder (no {DB_NAME}); sxbench would write its "
+                         "index.html and images into it. Give a new or empty folder")
 
 
 def _method_params(items: list[str]) -> dict[str, dict]:
@@ -73,7 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         missing = [m for m in DEFAULT_METHODS if m not in methods]
         if missing:
             log.warning("default methods not installed, skipped: %s", ", ".join(missing))
-    out = Path(args.out) if args.out else Path("reports") / (name if name != "folder" else Path(pargs["root"]).stem or "folder")
+    out = Path(args.out) if args.out else _default_out(name, pargs)
+    _check_out(out)
     from sxbench.imported import imported_methods
 
     imported = imported_methods(out)
@@ -139,7 +164,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     name, pargs = _protocol_args(args.protocol)
     if args.resolution:
         pargs["resolution"] = args.resolution
-    out = Path(args.out) if args.out else Path("reports") / (name if name != "folder" else Path(pargs["root"]).stem or "folder")
+    out = Path(args.out) if args.out else _default_out(name, pargs)
+    _check_out(out)
     config = RunConfig(protocol=name, methods=(), out=out, protocol_args=pargs, seeds=args.seeds, metrics=args.metrics,
                        device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
                        weights_dir=args.weights_dir)
@@ -182,6 +208,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     from sxbench.report import render
 
     print(f"report: {render(args.dir, bench=args.bench)}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from sxbench.lock import run_lock
+    from sxbench.runner import remove_output
+    from sxbench.store import DB_NAME, Store
+
+    run_dir = Path(args.dir)
+    if not (run_dir / DB_NAME).is_file():
+        raise FileNotFoundError(f"{run_dir}: not a run folder (no {DB_NAME})")
+    with run_lock(run_dir), Store(run_dir) as store:
+        n, paths = store.prune(args.method, config=args.config, errors_only=args.errors)
+        for rel in paths:
+            remove_output(run_dir, rel)
+    if not n:
+        raise ValueError(f"{run_dir} holds no such samples of {args.method!r}")
+    print(f"removed {n} samples of {args.method} from {run_dir}; `sxbench run` makes them again, `sxbench report "
+          f"{run_dir}` shows what is left")
     return 0
 
 
@@ -255,6 +300,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sxbench", description="Benchmark image stylization methods.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true", help="debug logging, and a traceback instead of a one-line error")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="produce, store and score every (content, style, seed) output; write the report")
@@ -311,6 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="pytest-benchmark JSON to add as a latency section (also read from DIR/bench/*.json)")
     rep.set_defaults(fn=cmd_report)
 
+    pr = sub.add_parser("prune", help="remove stored samples of a method (rows, values and PNGs), to make or import "
+                        "them again")
+    pr.add_argument("dir", help="run folder")
+    pr.add_argument("--method", required=True, help="method name")
+    pr.add_argument("--config", default=None, help="only this configuration (a prefix of its config hash)")
+    pr.add_argument("--errors", action="store_true", help="only samples stored as errors")
+    pr.set_defaults(fn=cmd_prune)
+
     ex = sub.add_parser("export", help="write results in long format")
     ex.add_argument("dir")
     ex.add_argument("--format", choices=("csv", "parquet"), default="csv")
@@ -352,18 +406,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every user-facing failure is one line on stderr (``--debug`` shows the traceback):
+    exit 2 for errors, 130 for Ctrl-C or SIGTERM (the run is marked ``interrupted`` and the same command resumes)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if args.verbose or args.debug else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("matplotlib", "PIL", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from sxbench.registry import UnknownNameError
-
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.fn(args)
-    except (UnknownNameError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"sxbench: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("sxbench: interrupted; every finished sample is stored: run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"sxbench: error: {describe_error(exc, args)}", file=sys.stderr)
         return 2
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def describe_error(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line: what failed, on which file, and the fix."""
+    import errno
+    import sqlite3
+
+    from sxbench.lock import RunFolderBusy
+    from sxbench.registry import UnknownNameError
+    from sxbench.store import DB_NAME, StoreVersionError
+
+    folder = getattr(args, "out", None) or getattr(args, "dir", None) or "the run folder"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return (f"disk full writing {exc.filename or folder}: free some space, then run the same command again "
+                "(every finished sample is stored)")
+    if isinstance(exc, sqlite3.DatabaseError):
+        what = str(exc)
+        fix = ("another process holds it: wait, or use another --out" if "locked" in what or "busy" in what else
+               f"if it is damaged, move {DB_NAME} aside (the PNGs stay) and run again to rebuild it")
+        return f"{folder}/{DB_NAME}: database error ({what}); {fix}"
+    if type(exc).__name__ == "SafetensorError":
+        return (f"a weights file cannot be read ({exc}): run `sxbench weights list` to find it and `sxbench "
+                "weights fetch NAME --force` to replace it")
+    if isinstance(exc, (UnknownNameError, FileNotFoundError, ValueError, KeyError, RunFolderBusy, StoreVersionError)):
+        text = str(exc)
+        return text[1:-1] if isinstance(exc, KeyError) and text.startswith(("'", '"')) else text
+    return f"{type(exc).__name__}: {exc} (run again with --debug for the traceback, and report it if it persists)"
 
 
 if __name__ == "__main__":

@@ -48,12 +48,12 @@ from tqdm.auto import tqdm
 
 from sxbench import registry
 from sxbench.features import FeatureCache, image_key
-from sxbench.imageio import load_image, to_tensor
+from sxbench.imageio import ImageLoadError, load_image, to_tensor
 from sxbench.interfaces import EvalContext, ImageMetric, Metric, PairSpec, Protocol
 from sxbench.metrics.experts import EXPERT_METRICS, ExpertMetric, RoutingView
 from sxbench.metrics.sets import SetMetric, SetView
 from sxbench.records import MetricValue, stable_hash
-from sxbench.store import Store
+from sxbench.store import Store, UnsafePathError, contained
 from sxbench.weights import WeightsMissingError
 
 log = logging.getLogger(__name__)
@@ -252,44 +252,59 @@ class Evaluator:
             except Exception as exc:
                 log.error("metric %s failed on %d samples: %s: %s", info.name, len(rows), type(exc).__name__, exc)
                 continue
+            weights = _weights(m)
             for j, v in zip(rows, vals):
-                if np.isfinite(v):
-                    key = items[j].key
-                    out[key].append(MetricValue(key, info.name, float(v), info.higher_is_better, info.group,
-                                                info.version, info.backbone))
+                key = items[j].key  # a non-finite value is stored as failed (NULL): not retried unless asked
+                out[key].append(MetricValue(key, info.name, float(v) if np.isfinite(v) else None, info.higher_is_better,
+                                            info.group, info.version, info.backbone, weights))
         return out
 
-    def complete(self, store: Store, run_dir: Path) -> int:
+    def complete(self, store: Store, run_dir: Path, retry_failed: bool = False) -> int:
         """Score stored samples of this protocol's pairs that lack values for some of this evaluator's image
-        metrics (a metric added later), from their PNGs; returns how many samples were rescored."""
+        metrics (a metric added later), or hold one computed with other backbone weights (never pooled), or a
+        failed one when ``retry_failed``; from their PNGs. Returns how many samples were rescored."""
         if not self.image_metrics:
             return 0
         samples = store.samples()
         samples = samples[(samples.status == "ok") & (samples.protocol == self.protocol.spec.name)]
         pairs = {p.pair_id: p for p in self.pairs}
         samples = samples[samples.pair_id.isin(pairs)]
-        have = store.scored_metrics(samples.sample_key)
-        names = {m.info.name for m in self.image_metrics}
+        have = store.scored(samples.sample_key)
+        weights = {m.info.name: _weights(m) for m in self.image_metrics}
         need: dict[str, set[str]] = {}
         for key, pair_id in zip(samples.sample_key, samples.pair_id):
-            applicable = {m.info.name for m in self.image_metrics
-                          if "target" not in m.info.requires or pairs[pair_id].has_target}
-            missing = (names & applicable) - have[key]
+            missing = set()
+            for m in self.image_metrics:
+                name = m.info.name
+                if "target" in m.info.requires and not pairs[pair_id].has_target:
+                    continue
+                stored = have[key].get(name)
+                if stored is None or stored[1] != weights[name] or (retry_failed and stored[0]):
+                    missing.add(name)
             if missing:
                 need[key] = missing
         if not need:
             return 0
         rows = list(samples[samples.sample_key.isin(need)].itertuples())
-        log.info("scoring %d stored samples that lack a metric", len(rows))
+        log.info("scoring %d stored samples that lack a metric, or whose values came from other weights", len(rows))
         bar = tqdm(total=len(rows), desc="rescoring", unit="img", disable=not self.progress)
+        unreadable = []
         for chunk in chunks(rows, 8):
-            items = [Item(r.sample_key, pairs[r.pair_id], load_image(run_dir / r.output_path)) for r in chunk]
+            items = []
+            for r in chunk:
+                try:
+                    items.append(Item(r.sample_key, pairs[r.pair_id], load_image(contained(run_dir, r.output_path))))
+                except (ImageLoadError, UnsafePathError) as exc:
+                    unreadable.append(f"{r.method}: {exc}")
             values = self.score(items, only=need)
             for it in items:
                 store.write_values(values[it.key])
             bar.update(len(chunk))
         bar.close()
-        return len(rows)
+        if unreadable:  # native outputs are healed by the runner before this; imported ones cannot be remade
+            log.warning("%d stored outputs could not be read and were not scored (first: %s); run their method "
+                        "again, or import them again", len(unreadable), unreadable[0])
+        return len(rows) - len(unreadable)
 
     # ---------------------------------------------------------------------------------------- sets
     def _subsets(self, store: Store, methods: Sequence[str] | None) -> list[tuple[str, str, str, pd.DataFrame]]:
@@ -317,12 +332,13 @@ class Evaluator:
         for i, r in enumerate(rows_):
             k = self._out_keys.get(r.sample_key)
             if k is None:  # scored by an earlier process: the PNG's pixels name its features
-                images[i] = _at(load_image(run_dir / r.output_path), size)
+                images[i] = _at(load_image(contained(run_dir, r.output_path)), size)
                 k = self._out_keys[r.sample_key] = image_key(images[i])
             keys.append(k)
 
         def outputs(idx: list[int]) -> torch.Tensor:
-            return to_tensor([images.get(i) or _at(load_image(run_dir / rows_[i].output_path), size) for i in idx])
+            return to_tensor([images.get(i) or _at(load_image(contained(run_dir, rows_[i].output_path)), size)
+                              for i in idx])
 
         styles = [_at(self.protocol.style(pairs[r.pair_id].style_id), size) for r in rows_]
         skeys = [self._ref_key("style", pairs[r.pair_id].style_id, s) for r, s in zip(rows_, styles)]
@@ -341,15 +357,16 @@ class Evaluator:
         stored = store.set_hashes()
         todo = []
         for method, config, subset, rows in self._subsets(store, methods):
-            digest = stable_hash(",".join(sorted(rows.sample_key)), 16)
-            ms = [m for m in self.set_metrics if stored.get((method, config, m.info.name, subset)) != (digest, m.info.version)]
+            keys = ",".join(sorted(rows.sample_key))
+            ms = [m for m in self.set_metrics  # the digest covers the samples and the weights that see them
+                  if stored.get((method, config, m.info.name, subset)) != (_set_digest(keys, m), m.info.version)]
             if ms:
-                todo.append((method, config, subset, rows, digest, ms))
+                todo.append((method, config, subset, rows, keys, ms))
         if not todo:
             return 0
         log.info("set metrics (%s): %d method × subset cells", ", ".join(m.info.name for m in self.set_metrics), len(todo))
         n = 0
-        for method, config, subset, rows, digest, ms in tqdm(todo, desc="set metrics", unit="set",
+        for method, config, subset, rows, keys, ms in tqdm(todo, desc="set metrics", unit="set",
                                                               disable=not self.progress):
             feats: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
             view_values: dict[str, np.ndarray] = {}
@@ -361,6 +378,7 @@ class Evaluator:
                     if v.notna().all():
                         view_values[dep] = v.to_numpy()
             for m in ms:
+                digest = _set_digest(keys, m)
                 if len(rows) < m.min_samples:
                     store.write_set_value(method, config, m.info, subset, None, len(rows), digest)
                     continue
@@ -412,12 +430,23 @@ class Evaluator:
                 n += 1
         return n
 
-    def finish(self, store: Store, run_dir: Path, methods: Sequence[str] | None = None) -> int:
+    def finish(self, store: Store, run_dir: Path, methods: Sequence[str] | None = None, *,
+               retry_failed: bool = False) -> int:
         """After the producers: rescoring, set metrics and expert statistics. Returns the rescored sample count."""
-        rescored = self.complete(store, run_dir)
+        rescored = self.complete(store, run_dir, retry_failed)
         self.set_scores(store, run_dir, methods)
         self.expert_scores(store, methods)
         return rescored
+
+
+def _weights(metric: Metric) -> str | None:
+    """sha256 of the weights of the backbone behind ``metric`` (``None`` for weight-free metrics)."""
+    return getattr(getattr(metric, "extractor", None), "weights_sha256", None)
+
+
+def _set_digest(keys: str, metric: SetMetric) -> str:
+    w = _weights(metric)
+    return stable_hash(keys if w is None else [keys, w], 16)
 
 
 __all__ = ["FEATURE_BATCH", "Evaluator", "Item", "chunks"]

@@ -26,8 +26,8 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -41,7 +41,9 @@ from sxbench import registry
 from sxbench.interfaces import PairSpec, Protocol
 from sxbench.evaluation import Item, chunks
 from sxbench.records import IMPORTED_VERSION, ImportedMethodInfo, SampleRecord, stable_hash
-from sxbench.runner import RunConfig, prepare, provenance, run_record, sample_key, save_grid_inputs, write_png
+from sxbench.lock import run_lock
+from sxbench.runner import (RunConfig, atomic_write, closing_run, prepare, provenance, reconcile, remove_output,
+                            run_record, sample_key, save_grid_inputs, write_png)
 from sxbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -112,13 +114,16 @@ def write_tasks(protocol: Protocol, out: str | Path, seeds: Sequence[int] | None
              "seed": t.seed, "resolution": spec.resolution, "content_path": paths[("content", t.pair.content_id)],
              "style_path": paths[("style", t.pair.style_id)], "output_file": t.output_file, "protocol": spec.name,
              "protocol_version": spec.version} for t in tasks]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.csv")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=TASK_COLUMNS)
+
+    def write(fh) -> None:
+        text = io.TextIOWrapper(fh, newline="", encoding="utf-8")
+        w = csv.DictWriter(text, fieldnames=TASK_COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, out)
+        text.flush()
+        text.detach()
+
+    atomic_write(out, write)
     return out, tasks
 
 
@@ -222,18 +227,29 @@ class Importer:
         lines = tuple(problems.values()) + tuple(extra)
         for line in lines:
             log.debug("%s", line)  # the CLI prints them; library callers read ImportSummary.problems
-        store = Store(self.run_dir)
-        try:
-            replaced = self._replace_earlier(store, info)
-            config = run_record(spec, self.seeds, cfg.limit, len(self.pairs), [name], self.evaluator) | {
-                "import": {"method": name, "method_config": info.config_hash, **info.provenance, "reference": reference}}
-            prov = provenance(cfg.device) | {"input_errors": list(self.protocol.input_errors),
-                                              "skipped_metrics": dict(self.skipped_metrics), "import_problems": list(lines)}
-            run_id = store.begin_run(spec.name, config, prov)
+        with run_lock(self.run_dir):
+            store = Store(self.run_dir)
+            try:
+                return self._store(store, info, directory, tasks, images, problems, lines, reference)
+            finally:
+                store.close()
+
+    def _store(self, store: Store, info: ImportedMethodInfo, directory: Path, tasks: list[Task], images: dict[str, str],
+               problems: dict[str, str], lines: tuple[str, ...], reference: str) -> ImportSummary:
+        cfg, spec, name = self.config, self.protocol.spec, info.name
+        store.close_stale_runs()
+        replaced = self._replace_earlier(store, info)
+        config = run_record(spec, self.seeds, cfg.limit, len(self.pairs), [name], self.evaluator) | {
+            "import": {"method": name, "method_config": info.config_hash, **info.provenance, "reference": reference}}
+        prov = provenance(cfg.device) | {"input_errors": list(self.protocol.input_errors),
+                                          "skipped_metrics": dict(self.skipped_metrics), "import_problems": list(lines)}
+        run_id = store.begin_run(spec.name, config, prov)
+        with closing_run(store, run_id, prov):
             self.evaluator.register(store)
             save_grid_inputs(self.protocol, self.pairs, self.run_dir)
             store.register_method(info)
-            keys = {t.task_id: sample_key(info.config_hash, spec.name, spec.version, t.pair, t.seed) for t in tasks}
+            keys = {t.task_id: sample_key(info.config_hash, spec, t.pair, t.seed) for t in tasks}
+            reconcile(store, self.run_dir, info, spec, [(t.pair, t.seed, keys[t.task_id]) for t in tasks])
             status = store.sample_status(keys.values())
             todo = [t for t in tasks if t.task_id in images and status.get(keys[t.task_id]) != "ok"]
             for t in tasks:
@@ -249,9 +265,6 @@ class Importer:
                     write_png(im, self.run_dir / rel)
                     store.write_sample(self._record(info, run_id, t, k, output_path=rel), values.get(k, []))
             rescored = self.evaluator.finish(store, self.run_dir, [name])
-            store.finish_run(run_id, prov)
-        finally:
-            store.close()
         return ImportSummary(self.run_dir, name, info.config_hash, len(todo), len(images) - len(todo), lines,
                              replaced, rescored, dict(self.skipped_metrics))
 
@@ -270,7 +283,7 @@ class Importer:
             style_id=t.pair.style_id, seed=t.seed, split=t.pair.split, level=t.pair.level, family=t.pair.family,
             status="error" if error else "ok", error=error, output_path=output_path,
             latency_s=float("nan"), batch_size=1, peak_memory_bytes=0, memory_kind="not measured (imported)",
-            device="external",
+            device="external", setup=spec.setup(t.pair), resolution=spec.resolution,
         )
 
     def _replace_earlier(self, store: Store, info: ImportedMethodInfo) -> int:
@@ -289,7 +302,7 @@ class Importer:
             return 0
         n = store.delete_samples(old.sample_key)  # rows first: a crash in between leaves stray files, not dangling rows
         for rel in old.output_path.dropna():
-            (self.run_dir / rel).unlink(missing_ok=True)
+            remove_output(self.run_dir, rel)  # only inside the run folder, whatever the database says
         left = set(mine[~mine.sample_key.isin(old.sample_key)].method_config)
         for config in set(old.method_config) - left:
             store.delete_method(info.name, config)

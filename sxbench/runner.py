@@ -19,7 +19,10 @@ import platform
 import resource
 import signal
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,9 +34,11 @@ from tqdm.auto import tqdm
 from sxbench import registry
 from sxbench.evaluation import Evaluator, Item, chunks
 from sxbench.imageio import to_pil
-from sxbench.interfaces import Method, PairSpec, Protocol
-from sxbench.records import SampleRecord, sample_key_of, stable_hash
-from sxbench.store import Store
+from sxbench.interfaces import Method, PairSpec, Protocol, ProtocolSpec
+from sxbench.lock import run_lock
+from sxbench.records import MethodInfo, SampleRecord, sample_key_of, stable_hash
+from sxbench.store import Store, UnsafePathError
+from sxbench.store import contained as contained_path
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +120,11 @@ class RunSummary:
     """One line per unusable input file."""
 
 
-def sample_key(method_config: str, protocol: str, protocol_version: str, pair: PairSpec, seed: int) -> str:
-    """Content hash of (method config, protocol, content, style, seed): the sample's key and PNG stem."""
-    return sample_key_of(method_config, protocol, protocol_version, pair.pair_id, pair.content_id, pair.style_id, seed)
+def sample_key(method_config: str, spec: ProtocolSpec, pair: PairSpec, seed: int) -> str:
+    """Content hash of (method config, protocol, pair, seed, setup: resolution, resize policy, options, input
+    bytes): the sample's key and PNG stem (``sxbench.records.sample_key_of``)."""
+    return sample_key_of(method_config, spec.name, spec.version, pair.pair_id, pair.content_id, pair.style_id, seed,
+                         spec.setup(pair))
 
 
 def provenance(device: str) -> dict[str, Any]:
@@ -197,15 +204,26 @@ class Runner:
 
     # -------------------------------------------------------------------------------------------- stages
     def run(self) -> RunSummary:
+        with run_lock(self.run_dir):
+            store = Store(self.run_dir)
+            try:
+                return self._run(store)
+            finally:
+                store.close()
+
+    def _run(self, store: Store) -> RunSummary:
         cfg, spec = self.config, self.protocol.spec
-        store = Store(self.run_dir)
-        try:
-            prov = provenance(cfg.device) | {"input_errors": list(self.protocol.input_errors),
-                                              "skipped_metrics": dict(self.skipped_metrics)}
-            config = run_record(spec, self.seeds, cfg.limit, len(self.pairs), cfg.methods, self.evaluator) | {
-                "method_args": cfg.method_args, "device": cfg.device, "batch_size": cfg.batch_size,
-                "retry_failed": cfg.retry_failed}
-            run_id = store.begin_run(spec.name, config, prov)
+        killed = store.close_stale_runs()
+        if killed:
+            log.info("%d earlier run(s) of %s were killed before they finished; marked `killed`, their finished "
+                     "samples are kept", killed, self.run_dir)
+        prov = provenance(cfg.device) | {"input_errors": list(self.protocol.input_errors),
+                                          "skipped_metrics": dict(self.skipped_metrics)}
+        config = run_record(spec, self.seeds, cfg.limit, len(self.pairs), cfg.methods, self.evaluator) | {
+            "method_args": cfg.method_args, "device": cfg.device, "batch_size": cfg.batch_size,
+            "retry_failed": cfg.retry_failed}
+        run_id = store.begin_run(spec.name, config, prov)
+        with closing_run(store, run_id, prov):
             self.evaluator.register(store)
             self._save_grid_inputs()
             generated = skipped = failed = 0
@@ -223,11 +241,8 @@ class Runner:
                     continue
                 g, s, f = self._generate(store, run_id, method)
                 generated, skipped, failed = generated + g, skipped + s, failed + f
-            rescored = self.evaluator.finish(store, self.run_dir, cfg.methods)
+            rescored = self.evaluator.finish(store, self.run_dir, cfg.methods, retry_failed=cfg.retry_failed)
             prov |= {"failed_methods": failed_methods}
-            store.finish_run(run_id, prov)
-        finally:
-            store.close()
         return RunSummary(self.run_dir, generated, skipped, failed, rescored, dict(self.skipped_metrics),
                           failed_methods, tuple(self.protocol.input_errors))
 
@@ -235,8 +250,12 @@ class Runner:
         cfg, spec = self.config, self.protocol.spec
         info = method.info
         store.register_method(info)
-        work = [(p, s, sample_key(info.config_hash, spec.name, spec.version, p, s)) for p in self.pairs for s in self.seeds]
+        work = [(p, s, sample_key(info.config_hash, spec, p, s)) for p in self.pairs for s in self.seeds]
+        reconcile(store, self.run_dir, info, spec, work)
         status = store.sample_status(k for _, _, k in work)
+        heal = unreadable_outputs(store, self.run_dir, [k for _, _, k in work if status.get(k) == "ok"])
+        for k in heal:
+            del status[k]
         todo = [w for w in work if w[2] not in status or (cfg.retry_failed and status[w[2]] == "error")]
         skipped, failed = len(work) - len(todo), 0
         if skipped:
@@ -261,6 +280,7 @@ class Runner:
                     level=pair.level, family=pair.family, status="ok" if is_ok else "error",
                     error=None if is_ok else str(out), output_path=rel, latency_s=seconds / n, batch_size=n,
                     peak_memory_bytes=meter.peak, memory_kind=meter.kind, device=str(method.device),
+                    setup=spec.setup(pair), resolution=spec.resolution,
                 )
                 store.write_sample(record, values.get(key, []), routing if is_ok else ())
                 self._committed += 1
@@ -289,12 +309,16 @@ class Runner:
                 return [(f"{type(exc).__name__}: {exc}", 0.0, 1, m, [])]
             return [r for item in batch for r in self._stylize(method, [item])]
         results = []
+        size = self.protocol.spec.resolution
         for j, o in enumerate(outputs):
             rows = [] if routing is None else [
                 (layer, slot, int(routing.indices[layer][j, slot]), float(routing.weights[layer][j, slot]), routing.num_experts)
                 for layer in routing.indices for slot in range(routing.indices[layer].shape[1])]
             try:
-                results.append((to_pil(o), meter.seconds, len(batch), meter, rows))
+                im = to_pil(o)
+                if im.size != (size, size):  # never stored and scored after a silent resize
+                    raise ValueError(f"output is {im.width}×{im.height}, the protocol's resolution is {size}×{size}")
+                results.append((im, meter.seconds, len(batch), meter, rows))
             except ValueError as exc:
                 results.append((f"invalid output: {exc}", meter.seconds, len(batch), meter, []))
         return results
@@ -323,15 +347,133 @@ def run_record(spec: Any, seeds: Sequence[int], limit: int | None, n_pairs: int,
 
 
 def write_png(im: Image.Image, path: Path) -> None:
-    """Write ``im`` to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``im`` to ``path`` atomically: a temporary file of this process in the same folder, then a rename
+    (two processes writing the same path never share a temporary name)."""
+    atomic_write(path, lambda fh: im.save(fh, format="PNG"))
+
+
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(binary file)`` on a fresh temporary file beside ``path``, then move it onto ``path``; on any
+    error the temporary file is removed and ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    im.save(tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def closing_run(store: Store, run_id: str, prov: dict[str, Any]) -> Iterator[None]:
+    """Close the run's row however the block ends: ``finished``, ``interrupted`` (Ctrl-C, SIGTERM) or ``failed``
+    (the error propagates; the CLI prints it on one line). Finished samples are committed already."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        store.finish_run(run_id, prov, status="interrupted")
+        raise
+    except BaseException as exc:
+        store.finish_run(run_id, prov | {"error": f"{type(exc).__name__}: {exc}"}, status="failed")
+        raise
+    store.finish_run(run_id, prov)
+
+
+def reconcile(store: Store, run_dir: Path, info: MethodInfo, spec: ProtocolSpec,
+              work: Sequence[tuple[PairSpec, int, str]]) -> None:
+    """Before generating ``work`` (``(pair, seed, key)``) of one method configuration: a stored sample of the same
+    (pair, seed) under another key was made with another setup (resolution, resize policy, options, input bytes).
+    A sample from before schema 3 (``setup == ''``) whose run recorded this very setup moves onto the new key
+    (nothing is regenerated); any other is removed with its PNG, so the new setup's output replaces it and the
+    store never holds two setups of one cell."""
+    current = {(p.pair_id, int(s)): (k, spec.setup(p)) for p, s, k in work}
+    rows = store.samples_of(info.name, info.config_hash, spec.name)
+    moves, stale = [], []
+    for r in rows.itertuples():
+        key, setup = current.get((r.pair_id, int(r.seed)), (None, None))
+        if key is None or key == r.sample_key:
+            continue
+        legacy = r.setup == "" and r.protocol_version == spec.version
+        if legacy and _legacy_setup(r.run_config, r.pair_id, spec) == setup:
+            moves.append((r.sample_key, key, setup, spec.resolution))
+        else:
+            stale.append(r)
+    if moves:
+        store.rekey(moves)
+        log.info("%s: %d samples stored before setups were recorded matched this run's and were kept", info.name,
+                 len(moves))
+    if stale:
+        store.delete_samples(r.sample_key for r in stale)  # rows first: a crash leaves stray files, not dangling rows
+        for r in stale:
+            remove_output(run_dir, r.output_path)
+        log.warning("%s: %d stored samples were made with another setup (resolution, resize policy, options or input "
+                    "files changed); they are generated again", info.name, len(stale))
+
+
+def _legacy_setup(run_config: dict[str, Any], pair_id: str, spec: ProtocolSpec) -> str | None:
+    """The setup a pre-schema-3 sample was made with, from its run's record; ``None`` when it cannot be proven
+    (a protocol that reads files: the bytes it read then are unknown)."""
+    pair = next((p for p in spec.pairs if p.pair_id == pair_id), None)
+    if pair is None or pair.inputs or "resolution" not in run_config:
+        return None
+    old = ProtocolSpec(spec.name, run_config.get("protocol_version", ""), run_config["resolution"], (),
+                       resize_policy=run_config.get("resize_policy", "crop"),
+                       params=run_config.get("protocol_params") or {})
+    return old.setup(pair)
+
+
+def remove_output(run_dir: Path, rel: str | None) -> None:
+    """Delete a stored PNG named by the database, only inside the run folder."""
+    if not rel or not isinstance(rel, str):
+        return
+    try:
+        contained_path(run_dir, rel).unlink(missing_ok=True)
+    except UnsafePathError as exc:
+        log.warning("%s; not deleted", exc)
+
+
+def unreadable_outputs(store: Store, run_dir: Path, keys: Sequence[str]) -> list[str]:
+    """Of the stored ``ok`` samples ``keys``, those whose PNG is missing, damaged or outside the run folder: their
+    rows are removed (logged), so they are generated again. A quick check (PNG chunk CRCs, no decode)."""
+    if not keys:
+        return []
+    samples = store.samples()
+    paths = dict(zip(samples.sample_key, samples.output_path))
+    bad: list[tuple[str, str]] = []
+    for k in keys:
+        why = png_problem(run_dir, paths.get(k))
+        if why:
+            bad.append((k, why))
+    if bad:
+        store.delete_samples(k for k, _ in bad)
+        for k, _ in bad:
+            remove_output(run_dir, paths.get(k))
+        log.warning("%d stored outputs cannot be read and are generated again (first: %s)", len(bad), bad[0][1])
+    return [k for k, _ in bad]
+
+
+def png_problem(run_dir: Path, rel: str | None) -> str | None:
+    """Why a stored output cannot be used, or ``None``."""
+    if not rel:
+        return "no output path stored"
+    try:
+        path = contained_path(run_dir, rel)
+        with Image.open(path) as im:
+            im.verify()
+    except UnsafePathError as exc:
+        return str(exc)
+    except FileNotFoundError:
+        return f"{run_dir / rel}: missing"
+    except Exception as exc:  # PIL raises many kinds for damaged files
+        return f"{run_dir / rel}: damaged ({type(exc).__name__}: {exc})"
+    return None
 
 
 def save_grid_inputs(protocol: Protocol, pairs: Sequence[PairSpec], run_dir: Path) -> None:
-    """The inputs of the report's image grid (``sxbench.report.grid_pairs``) as PNGs under ``run_dir/inputs``."""
+    """The inputs of the report's image grid (``sxbench.report.grid_pairs``) as PNGs under ``run_dir/inputs``;
+    rewritten when their pixels changed (another resolution, an edited input file)."""
     from sxbench.report import grid_pairs
 
     for pair in grid_pairs(pairs):
@@ -339,8 +481,16 @@ def save_grid_inputs(protocol: Protocol, pairs: Sequence[PairSpec], run_dir: Pat
         for kind, im, name in (("content", protocol.content(pair.content_id), pair.content_id),
                                ("style", protocol.style(pair.style_id), pair.style_id), ("target", target, pair.pair_id)):
             path = run_dir / f"inputs/{kind}/{stable_hash(name, 16)}.png"
-            if im is not None and not path.exists():
+            if im is not None and not _same_pixels(path, im):
                 write_png(im, path)
+
+
+def _same_pixels(path: Path, im: Image.Image) -> bool:
+    try:
+        with Image.open(path) as old:
+            return old.size == im.size and old.convert("RGB").tobytes() == im.convert("RGB").tobytes()
+    except Exception:  # missing or damaged: write it
+        return False
 
 
 def run(config: RunConfig) -> RunSummary:

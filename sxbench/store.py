@@ -4,9 +4,18 @@ Tables: ``runs``, ``methods``, ``metrics``, ``samples`` (one row per (method con
 and ``metric_values`` (long format, one value per row). A finished sample and its metric values are
 written in one transaction, so a process killed at any point leaves either the whole sample or nothing.
 
-Schema versions: 1, method parameters held the checkpoint path and the reproduce command; 2, those are the
-method's ``provenance``, outside ``config_hash``. Opening a store migrates version-1 rows in one transaction
-(``Store._migrate_provenance``), once; opening a schema-2 store costs one read of ``meta``.
+Schema versions (``meta.schema_version``, read at every open):
+
+1. method parameters held the checkpoint path and the reproduce command;
+2. those are the method's ``provenance``, outside ``config_hash`` (``Store._migrate_provenance``);
+3. samples record their ``setup`` (``ProtocolSpec.setup``: resolution, resize policy, options, input bytes),
+   which enters the sample key, and their ``resolution``; metric values record the ``weights`` sha256 of the
+   backbone that computed them; a ``NULL`` value is a metric that failed on that sample (not retried unless
+   asked). Version-2 samples get ``setup = ''``: the runner moves each onto its full key when the run that made
+   it proves the same setup (``Store.adopt_legacy``), else it is regenerated.
+
+Opening an older store migrates it in place, each step in one transaction; a store written by a newer sxbench is
+refused (``StoreVersionError``). Every insert names its columns.
 """
 
 from __future__ import annotations
@@ -28,8 +37,8 @@ from sxbench.records import IMPORTED_VERSION, MethodInfo, MetricInfo, MetricValu
 log = logging.getLogger(__name__)
 
 DB_NAME = "results.sqlite"
-SCHEMA_VERSION = 2
-"""2: checkpoint paths and reproduce commands moved from method ``params`` to ``provenance`` (see the module)."""
+SCHEMA_VERSION = 3
+"""See the module docstring for what each version changed."""
 LEGACY_PROVENANCE = ("checkpoint", "reproduce")
 """Keys that schema-1 stores kept in method ``params`` (and so in ``config_hash``) and that are provenance."""
 
@@ -67,6 +76,10 @@ CREATE TABLE IF NOT EXISTS metric_values (
 """
 
 
+class StoreVersionError(ValueError):
+    """A store written by a newer sxbench (a schema this code does not know)."""
+
+
 class UnsafePathError(ValueError):
     """A path read from a store that points outside its run folder (absolute, ``..``, or a symlink out)."""
 
@@ -96,9 +109,34 @@ class Store:
         self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
-        self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        self._migrate_provenance()
+        found = self._stored_version()
+        if found is not None and found > SCHEMA_VERSION:
+            self.conn.close()
+            raise StoreVersionError(f"{self.path} was written by a newer sxbench (store schema {found}; this one reads "
+                                    f"up to {SCHEMA_VERSION}): upgrade sxbench (pip install -U sxbench), or use "
+                                    "another --out")
+        if found is None:  # a new store: the current schema, nothing to migrate
+            with self._transaction():
+                self._create_tables()
+                self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                                  (str(SCHEMA_VERSION),))
+        elif found < SCHEMA_VERSION:
+            with self._transaction():
+                self._create_tables()  # tables older versions lacked; existing ones are migrated below
+            self._migrate_provenance()
+            self._migrate_setup()
+
+    def _create_tables(self) -> None:
+        for stmt in filter(str.strip, _SCHEMA.split(";")):
+            self.conn.execute(stmt)
+
+    def _stored_version(self) -> int | None:
+        """The store's schema version; ``None`` for a new (empty) database, 1 for one from before ``meta``."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            return 1 if "samples" in tables else None
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 1
 
     def close(self) -> None:
         self.conn.close()
@@ -117,28 +155,33 @@ class Store:
     def begin_run(self, protocol: str, config: dict[str, Any], provenance: dict[str, Any]) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         self.conn.execute(
-            "INSERT INTO runs VALUES (?, ?, NULL, 'running', ?, ?, ?)",
+            "INSERT INTO runs (run_id, started, finished, status, protocol, config, provenance) "
+            "VALUES (?, ?, NULL, 'running', ?, ?, ?)",
             (run_id, time.time(), protocol, json.dumps(config, default=str), json.dumps(provenance, default=str)),
         )
         return run_id
 
-    def finish_run(self, run_id: str, provenance: dict[str, Any] | None = None) -> None:
+    def finish_run(self, run_id: str, provenance: dict[str, Any] | None = None, status: str = "finished") -> None:
+        """Close a run: ``finished``, or ``interrupted`` (Ctrl-C, SIGTERM) or ``failed`` (an error stopped it)."""
         if provenance is None:
-            self.conn.execute("UPDATE runs SET finished = ?, status = 'finished' WHERE run_id = ?", (time.time(), run_id))
+            self.conn.execute("UPDATE runs SET finished = ?, status = ? WHERE run_id = ?",
+                              (time.time(), status, run_id))
         else:
             self.conn.execute(
-                "UPDATE runs SET finished = ?, status = 'finished', provenance = ? WHERE run_id = ?",
-                (time.time(), json.dumps(provenance, default=str), run_id),
+                "UPDATE runs SET finished = ?, status = ?, provenance = ? WHERE run_id = ?",
+                (time.time(), status, json.dumps(provenance, default=str), run_id),
             )
 
     def register_method(self, info: MethodInfo) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO methods VALUES (?, ?, ?)", (info.name, info.config_hash, json.dumps(info.to_dict()))
+            "INSERT OR REPLACE INTO methods (method, method_config, info) VALUES (?, ?, ?)",
+            (info.name, info.config_hash, json.dumps(info.to_dict())),
         )
 
     def register_metric(self, info: MetricInfo) -> None:
         self.conn.execute(
-            "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?)", (info.name, info.version, json.dumps(info.to_dict()))
+            "INSERT OR REPLACE INTO metrics (metric, version, info) VALUES (?, ?, ?)",
+            (info.name, info.version, json.dumps(info.to_dict())),
         )
 
     def write_sample(self, sample: SampleRecord, values: Iterable[MetricValue] = (),
@@ -148,11 +191,13 @@ class Store:
         row = asdict(sample)
         with self._transaction():
             self.conn.execute(
-                f"INSERT OR REPLACE INTO samples VALUES ({', '.join('?' * len(_SAMPLE_COLUMNS))}, ?)",
+                f"INSERT OR REPLACE INTO samples ({', '.join(_SAMPLE_COLUMNS)}, created) "
+                f"VALUES ({', '.join('?' * len(_SAMPLE_COLUMNS))}, ?)",
                 [row[c] for c in _SAMPLE_COLUMNS] + [time.time()],
             )
             self._insert_values(values)
-            self.conn.executemany("INSERT OR REPLACE INTO routing VALUES (?, ?, ?, ?, ?, ?)",
+            self.conn.executemany("INSERT OR REPLACE INTO routing (sample_key, layer, slot, expert, weight, "
+                                  "num_experts) VALUES (?, ?, ?, ?, ?, ?)",
                                   [(sample.sample_key, *r) for r in routing])
 
     def write_values(self, values: Iterable[MetricValue]) -> None:
@@ -162,7 +207,8 @@ class Store:
 
     def _insert_values(self, values: Iterable[MetricValue]) -> None:
         self.conn.executemany(
-            f"INSERT OR REPLACE INTO metric_values VALUES ({', '.join('?' * len(_VALUE_COLUMNS))})",
+            f"INSERT OR REPLACE INTO metric_values ({', '.join(_VALUE_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_VALUE_COLUMNS))})",
             [[asdict(v)[c] for c in _VALUE_COLUMNS] for v in values],
         )
 
@@ -180,6 +226,25 @@ class Store:
                 n += self.conn.execute(f"DELETE FROM samples WHERE sample_key IN ({marks})", chunk).rowcount
         return n
 
+    def prune(self, method: str, *, config: str | None = None, errors_only: bool = False) -> tuple[int, list[str]]:
+        """Remove ``method``'s samples (of configurations whose hash starts with ``config``; only error rows with
+        ``errors_only``) with their values and routing, its set values (stale now), and the registration of
+        configurations left without samples. Returns (samples removed, their stored PNG paths: the caller deletes
+        them through ``contained``)."""
+        samples = self.samples()
+        drop = samples[samples.method == method]
+        if config:
+            drop = drop[drop.method_config.str.startswith(config)]
+        if errors_only:
+            drop = drop[drop.status == "error"]
+        n = self.delete_samples(drop.sample_key)
+        remaining = set(self.samples().query("method == @method").method_config)
+        with self._transaction():
+            self.conn.execute("DELETE FROM set_values WHERE method = ?", (method,))
+            for c in set(drop.method_config) - remaining:
+                self.conn.execute("DELETE FROM methods WHERE method = ? AND method_config = ?", (method, c))
+        return n, [p for p in drop.output_path if isinstance(p, str)]
+
     def delete_method(self, method: str, method_config: str) -> None:
         """Remove a method configuration's registration and set values (its samples: ``delete_samples``)."""
         with self._transaction():
@@ -191,8 +256,7 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ migration
     def _schema_version(self) -> int:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return int(row[0]) if row else SCHEMA_VERSION
+        return self._stored_version() or SCHEMA_VERSION
 
     def _legacy_methods(self) -> list[tuple[str, str, dict[str, Any]]]:
         """``(method, config, info)`` of the schema-1 rows whose ``params`` hold provenance next to a weights
@@ -216,11 +280,11 @@ class Store:
         stay where they are. Set values keep their old ``samples_hash``, so the next run with those metrics
         recomputes them. Runs once per store: a schema-2 store is not scanned again, so a third-party method that
         does keep a ``checkpoint`` parameter is never rehashed behind its back."""
-        if self._schema_version() >= SCHEMA_VERSION:  # the common case: one read of ``meta``
+        if self._schema_version() >= 2:
             return
         known = {f.name for f in fields(MethodInfo)}
         with self._transaction():
-            if self._schema_version() >= SCHEMA_VERSION:  # another process migrated it meanwhile
+            if self._schema_version() >= 2:  # another process migrated it meanwhile
                 return
             legacy = self._legacy_methods()
             groups: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
@@ -234,8 +298,9 @@ class Store:
             for (method, new_config), olds in groups.items():
                 m, d = self._rehash_group(method, new_config, olds)
                 merged, dropped = merged + m, dropped + d
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('migrated_provenance', ?)", (str(len(legacy)),))
-            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('migrated_provenance', ?)",
+                              (str(len(legacy)),))
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2')")
         if legacy:
             log.info("%s: moved checkpoint paths and reproduce commands out of method parameters: %d configuration(s) "
                      "rehashed, %d merged into one with the same weights, %d duplicate sample(s) dropped",
@@ -276,19 +341,39 @@ class Store:
         for config, info in olds:
             self.conn.execute("DELETE FROM methods WHERE method = ? AND method_config = ?", (method, config))
             if config == winner:
-                self.conn.execute("INSERT INTO methods VALUES (?, ?, ?)", (method, new_config, json.dumps(info)))
+                self.conn.execute("INSERT INTO methods (method, method_config, info) VALUES (?, ?, ?)",
+                                  (method, new_config, json.dumps(info)))
                 self.conn.execute("UPDATE set_values SET method_config = ? WHERE method = ? AND method_config = ?",
                                   (new_config, method, config))
             else:
                 self.conn.execute("DELETE FROM set_values WHERE method = ? AND method_config = ?", (method, config))
         return len(olds) - (winner != new_config), len(drop)
 
+    def _migrate_setup(self) -> None:
+        """Schema 2 → 3: samples gain ``setup`` and ``resolution`` (``''`` and 0: unknown until the runner proves
+        them, ``adopt_legacy``), metric values gain ``weights``. One transaction; nothing is rewritten."""
+        if self._schema_version() >= 3:
+            return
+        with self._transaction():
+            if self._schema_version() >= 3:
+                return
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(samples)")}
+            if "setup" not in have:
+                self.conn.execute("ALTER TABLE samples ADD COLUMN setup TEXT NOT NULL DEFAULT ''")
+            if "resolution" not in have:
+                self.conn.execute("ALTER TABLE samples ADD COLUMN resolution INTEGER NOT NULL DEFAULT 0")
+            if "weights" not in {r[1] for r in self.conn.execute("PRAGMA table_info(metric_values)")}:
+                self.conn.execute("ALTER TABLE metric_values ADD COLUMN weights TEXT")
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3')")
+        log.info("%s: store migrated to schema 3 (samples record their protocol setup)", self.path)
+
     # -------------------------------------------------------------------------------------------- reads
     def write_set_value(self, method: str, method_config: str, info: MetricInfo, subset: str, value: float | None,
                         n: int, samples_hash: str) -> None:
         """One set metric value (replacing an older one for the same method, metric and subset)."""
         self.conn.execute(
-            "INSERT OR REPLACE INTO set_values VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO set_values (method, method_config, metric, subset, value, n, samples_hash, "
+            "version, backbone, metric_group, higher_is_better, computed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (method, method_config, info.name, subset, value, n, samples_hash, info.version, info.backbone, info.group,
              int(info.higher_is_better), time.time()),
         )
@@ -322,6 +407,52 @@ class Store:
                 out[key].add(metric)
         return out
 
+    def scored(self, keys: Iterable[str]) -> dict[str, dict[str, tuple[bool, str | None]]]:
+        """``{sample_key: {metric: (failed, weights sha256)}}`` of the stored values (``failed``: stored ``NULL``)."""
+        keys = list(keys)
+        out: dict[str, dict[str, tuple[bool, str | None]]] = {k: {} for k in keys}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            q = ("SELECT sample_key, metric, value IS NULL, weights FROM metric_values "
+                 f"WHERE sample_key IN ({', '.join('?' * len(chunk))})")
+            for key, metric, failed, weights in self.conn.execute(q, chunk):
+                out[key][metric] = (bool(failed), weights)
+        return out
+
+    def samples_of(self, method: str, method_config: str, protocol: str) -> pd.DataFrame:
+        """The samples of one method configuration under ``protocol``, with the config of the run that made each
+        (``run_config``, a dict: its resolution, resize policy and options prove a legacy sample's setup)."""
+        rows = pd.read_sql_query(
+            """SELECT s.sample_key, s.pair_id, s.content_id, s.style_id, s.seed, s.protocol_version, s.setup, s.status,
+                      s.output_path, r.config AS run_config
+               FROM samples s LEFT JOIN runs r USING (run_id)
+               WHERE s.method = ? AND s.method_config = ? AND s.protocol = ?""",
+            self.conn, params=(method, method_config, protocol))
+        rows["run_config"] = [json.loads(c) if isinstance(c, str) else {} for c in rows.run_config]
+        return rows
+
+    def rekey(self, moves: Iterable[tuple[str, str, str, int]]) -> int:
+        """Move samples ``(old key, new key, setup, resolution)`` onto their full keys, with their values and
+        routing, in one transaction (an old key whose new key is already stored is dropped instead)."""
+        n = 0
+        with self._transaction():
+            for old, new, setup, resolution in moves:
+                if self.conn.execute("SELECT 1 FROM samples WHERE sample_key = ?", (new,)).fetchone():
+                    for table in ("metric_values", "routing", "samples"):
+                        self.conn.execute(f"DELETE FROM {table} WHERE sample_key = ?", (old,))
+                    continue
+                self.conn.execute("UPDATE samples SET sample_key = ?, setup = ?, resolution = ? WHERE sample_key = ?",
+                                  (new, setup, resolution, old))
+                for table in ("metric_values", "routing"):
+                    self.conn.execute(f"UPDATE {table} SET sample_key = ? WHERE sample_key = ?", (new, old))
+                n += 1
+        return n
+
+    def close_stale_runs(self) -> int:
+        """Mark runs still ``running`` as ``killed``: called by the holder of the run folder's lock
+        (``sxbench.lock``), so no process of theirs is alive (kill -9, power loss)."""
+        return self.conn.execute("UPDATE runs SET status = 'killed' WHERE status = 'running'").rowcount
+
     def routing(self) -> pd.DataFrame:
         """Long format: one row per (sample, layer, slot) with the sample's labels joined in."""
         return pd.read_sql_query(
@@ -348,7 +479,7 @@ class Store:
         return pd.read_sql_query(
             """SELECT s.method, s.method_config, s.protocol, s.protocol_version, s.split, s.level, s.family,
                       s.pair_id, s.content_id, s.style_id, s.seed, v.metric, v.value, v.higher_is_better,
-                      v.metric_group, v.version AS metric_version, v.backbone, s.sample_key, s.output_path
+                      v.metric_group, v.version AS metric_version, v.backbone, v.weights, s.sample_key, s.output_path
                FROM metric_values v JOIN samples s USING (sample_key)
                ORDER BY s.method, s.pair_id, s.seed, v.metric""",
             self.conn,

@@ -38,12 +38,12 @@ def test_config_hash_ignores_provenance():
     assert a.to_dict()["provenance"] == {"checkpoint": "/a/styleexpert", "reproduce": "x"}
 
 
-def test_the_tests_key_formula_is_the_runners():
-    """``_key`` (this file's independent copy of the formula, used to build legacy stores) matches the runner's."""
-    from sxbench.interfaces import PairSpec
-    from sxbench.runner import sample_key
+def test_the_tests_key_formula_is_the_legacy_one():
+    """``_key`` (this file's independent copy of the formula, used to build schema-1 stores) is the key without a
+    setup, as stores before schema 3 computed it."""
+    from sxbench.records import sample_key_of
 
-    assert _key("cfg", "p1", 3) == sample_key("cfg", "synth-smoke", "1", PairSpec("p1", "c-p1", "s-p1"), 3)
+    assert _key("cfg", "p1", 3) == sample_key_of("cfg", "synth-smoke", "1", "p1", "c-p1", "s-p1", 3)
 
 
 def _clone(dest: Path) -> Path:
@@ -141,7 +141,8 @@ def test_legacy_store_is_rehashed_on_open_and_clones_merge(tmp_path, caplog):
         sets = st.set_values()
         meta = dict(st.conn.execute("SELECT key, value FROM meta"))
     lines = [r.getMessage() for r in caplog.records if r.name == "sxbench.store"]
-    assert len(lines) == 1 and "2 configuration(s) rehashed, 1 merged" in lines[0] and "1 duplicate" in lines[0]
+    assert len(lines) == 2 and "2 configuration(s) rehashed, 1 merged" in lines[0] and "1 duplicate" in lines[0]
+    assert "migrated to schema 3" in lines[1]  # then the next step, in order
 
     new = MethodInfo("styleexpert", "1", base).config_hash
     assert set(methods) == {("styleexpert", new), ("reinhard", other.config_hash)}
@@ -161,7 +162,7 @@ def test_legacy_store_is_rehashed_on_open_and_clones_merge(tmp_path, caplog):
     assert set(values.sample_key) <= set(samples.sample_key)
     assert len(routing) == 6 and set(routing.sample_key) == {_key(new, p) for p in ("p1", "p2", "p3")}
     assert sets[["method_config", "value"]].values.tolist() == [[new, 7.5]]  # the kept clone's; recomputed later
-    assert meta["migrated_provenance"] == "2" and meta["schema_version"] == str(SCHEMA_VERSION) == "2"
+    assert meta["migrated_provenance"] == "2" and meta["schema_version"] == str(SCHEMA_VERSION) == "3"
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
         for table in ("metric_values", "routing"):
             assert conn.execute(f"SELECT COUNT(*) FROM {table} WHERE sample_key NOT IN "
