@@ -53,11 +53,13 @@ def _default_out(name: str, pargs: dict) -> Path:
 
 def _check_out(out: Path) -> None:
     """``--out`` must be a run folder (it holds results.sqlite), a new folder or an empty one."""
+    from sxbench.lock import LOCK_NAME
     from sxbench.store import DB_NAME
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file; give a folder for the run")
-    if out.is_dir() and not (out / DB_NAME).is_file() and any(out.iterdir()):
+    # a run killed after taking the lock and before creating its store leaves only the lock file: still ours
+    if out.is_dir() and not (out / DB_NAME).is_file() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise ValueError(f"--out {out}: exists and is not a run folder (no {DB_NAME}); sxbench would write its "
                          "index.html and images into it. Give a new or empty folder")
 

@@ -154,7 +154,7 @@ class FeatureCache:
         from safetensors.torch import save_file
 
         path = self._path(t, key)
-        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # runner.TEMPORARY_GLOB
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_file({f: feats[f].detach().cpu().contiguous() for f in fields}, str(tmp))

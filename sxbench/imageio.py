@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,34 +16,119 @@ RESIZE_POLICIES = ("crop", "pad", "stretch")
 ``stretch``: scale each side independently (distorts aspect ratio)."""
 
 
+MIN_SIDE = 32
+"""Inputs whose shorter side has fewer pixels than this are used, upscaled, with a warning."""
+
+
 class ImageLoadError(ValueError):
-    """An input image that cannot be used; the message names the file and the fix."""
+    """An input image that cannot be used; the message (one line) names the file and the fix."""
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Read any image PIL understands and return it as 8-bit RGB.
+def load_image(path: str | os.PathLike, *, draft_to: int | None = None) -> Image.Image:
+    """Read any image PIL understands and return it upright as 8-bit RGB.
 
     Handles EXIF orientation, CMYK (converted through PIL's colour conversion), 16-bit and 32-bit
-    greyscale (scaled to 8 bits by the bit depth), palette images, and alpha (composited over white).
+    greyscale (scaled to 8 bits by the bit depth), float images, palette images, and alpha (composited
+    over white). Animated and multi-page files give their first frame.
+
+    Args:
+        draft_to: a JPEG at least four times this size on each side is decoded at a reduced DCT scale
+            (1/2, 1/4 or 1/8) that keeps each side at least ``2 × draft_to``; ``None``: full size.
 
     Raises:
-        ImageLoadError: the file is missing, truncated, not an image, or empty.
+        ImageLoadError: the file is missing, a directory, empty, truncated, not an image, or larger than
+            PIL's decompression-bomb limit.
+    """
+    return _decode(Path(path), draft_to)[0]
+
+
+def read_input(path: str | os.PathLike, resolution: int, policy: str = "crop") -> tuple[Image.Image, list[str]]:
+    """A protocol's input file as ``resolution × resolution`` 8-bit RGB (``fit`` with ``policy``), and one
+    warning line (naming the file and what was done) per suspicious-but-usable finding: extra frames
+    ignored, a tiny image upscaled, a warning PIL raised while decoding.
+
+    Raises:
+        ImageLoadError: as ``load_image``.
     """
     path = Path(path)
+    im, frames, notes = _decode(path, resolution)
+    if frames > 1:
+        notes.append(f"{path}: {frames} frames (animated or multi-page); used the first, ignored the other "
+                     f"{frames - 1}")
+    if min(im.size) < MIN_SIDE:
+        notes.append(f"{path}: only {im.width}×{im.height} pixels; upscaled from {im.width}×{im.height} to "
+                     f"{resolution}×{resolution}, so scores on it mean little; use a larger image")
+    return fit(im, resolution, policy), notes
+
+
+def _decode(path: Path, draft_to: int | None) -> tuple[Image.Image, int, list[str]]:
+    """``path`` as upright 8-bit RGB, its number of frames, and the warnings PIL raised (one line each)."""
+    _check_regular_file(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except FileNotFoundError:
-        raise ImageLoadError(f"{path}: file not found; check the path or the manifest entry") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                # a camera's MPO (a JPEG) holds previews or depth maps after the picture: not frames to warn about
+                frames = getattr(im, "n_frames", 1) if im.format != "MPO" else 1
+                if draft_to and im.format in ("JPEG", "MPO"):
+                    im.draft(im.mode, (2 * draft_to, 2 * draft_to))  # no-op unless it can halve at least once
+                im.load()
+                im = ImageOps.exif_transpose(im)
+            im = to_rgb(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(
-            f"{path}: cannot be read as an image ({exc.__class__.__name__}: {exc}); "
-            "re-export it as PNG or JPEG, or remove it"
+            f"{_named(path)}: too many pixels, a possible decompression bomb (PIL: {_one_line(exc)}); downscale "
+            f"it below {Image.MAX_IMAGE_PIXELS:,} pixels, or remove it"
+        ) from None
+    except PermissionError:
+        raise ImageLoadError(f"{_named(path)}: permission denied; make it readable (chmod a+r) or remove it") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(
+            f"{_named(path)}: not an image (PIL cannot identify its format); re-export it as PNG or JPEG, or "
+            "remove it"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(
+            f"{_named(path)}: cannot be decoded, it may be truncated or corrupt ({exc.__class__.__name__}: "
+            f"{_one_line(exc)}); re-export it as PNG or JPEG, or remove it"
         ) from None
     if im.width == 0 or im.height == 0:
         raise ImageLoadError(f"{path}: image has zero size; re-export it or remove it")
-    return to_rgb(im)
+    notes = []
+    for w in caught:
+        if issubclass(w.category, UserWarning):  # PIL's notes on the file (corrupt EXIF, odd palette, ...)
+            notes.append(f"{path}: {_one_line(w.message)} (PIL {w.category.__name__})")
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return im, frames, notes
+
+
+def _check_regular_file(path: Path) -> None:
+    """Raise ``ImageLoadError`` unless ``path`` is a non-empty regular file (or a link to one); opening a FIFO
+    named ``x.png`` would block."""
+    if path.is_symlink() and not path.exists():
+        raise ImageLoadError(f"{path}: broken symbolic link to {os.readlink(path)} (which does not exist); fix the "
+                             "link or remove it")
+    if not path.exists():
+        raise ImageLoadError(f"{path}: file not found; check the path or the manifest entry")
+    if path.is_dir():
+        raise ImageLoadError(f"{_named(path)}: a directory, not an image file; move it out of the image folder "
+                             "(or point the manifest entry at an image)")
+    if not path.is_file():
+        raise ImageLoadError(f"{_named(path)}: not a regular file; replace it with an image file or remove it")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{_named(path)}: empty file (0 bytes); re-export it or remove it")
+
+
+def _named(path: Path) -> str:
+    """``path``, followed by what it links to when it is a symbolic link."""
+    return f"{path} (a link to {path.resolve()})" if path.is_symlink() else str(path)
+
+
+def _one_line(obj: object) -> str:
+    """``str(obj)`` with runs of whitespace (newlines included) collapsed to one space."""
+    return " ".join(str(obj).split())
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

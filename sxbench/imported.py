@@ -30,11 +30,12 @@ import io
 import logging
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from sxbench import registry
@@ -43,7 +44,7 @@ from sxbench.evaluation import Item, chunks
 from sxbench.records import IMPORTED_VERSION, ImportedMethodInfo, SampleRecord, stable_hash
 from sxbench.lock import run_lock
 from sxbench.runner import (RunConfig, atomic_write, closing_run, prepare, provenance, reconcile, remove_output,
-                            run_record, sample_key, save_grid_inputs, write_png)
+                            remove_stale_temporaries, run_record, sample_key, save_grid_inputs, write_png)
 from sxbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,16 @@ def read_output(path: Path, size: int) -> tuple[Image.Image | None, str | None]:
         found = f" (found {', '.join(others)}: save it as PNG under this name)" if others else ""
         return None, f"{path}: missing{found}; write this task's output there and import again"
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size  # from the header: a file of the wrong size is never decoded (decompression bombs)
+                if (w, h) != (size, size) and (h, w) != (size, size):
+                    return None, (f"{path}: {w}×{h} pixels, expected {size}×{size} (the protocol's resolution); "
+                                  f"produce it at {size}×{size} from the task's inputs and import again")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+    except Exception as exc:  # PIL raises many kinds for damaged files
         return None, (f"{path}: cannot be read as an image ({type(exc).__name__}: {exc}); write it again as an "
                       "RGB PNG and import again")
     if im.mode != "RGB":
@@ -245,6 +252,7 @@ class Importer:
                                           "skipped_metrics": dict(self.skipped_metrics), "import_problems": list(lines)}
         run_id = store.begin_run(spec.name, config, prov)
         with closing_run(store, run_id, prov):
+            remove_stale_temporaries(self.run_dir)
             self.evaluator.register(store)
             save_grid_inputs(self.protocol, self.pairs, self.run_dir)
             store.register_method(info)

@@ -29,7 +29,7 @@ def sample_key_of(method_config: str, protocol: str, protocol_version: str, pair
 
     ``setup`` (``ProtocolSpec.setup``) covers the rest of what determines the output: resolution, resize policy,
     protocol options and the bytes of the pair's input files. Stores before schema 3 keyed samples without it
-    (``""``); ``Store.adopt_legacy`` moves such samples onto the full key where it can prove the setup."""
+    (``""``); ``sxbench.runner.reconcile`` moves such samples onto the full key where it can prove the setup."""
     parts: list[Any] = [method_config, protocol, protocol_version, pair_id, content_id, style_id, seed]
     return stable_hash(parts + [setup] if setup else parts, 24)
 

@@ -224,6 +224,7 @@ class Runner:
             "retry_failed": cfg.retry_failed}
         run_id = store.begin_run(spec.name, config, prov)
         with closing_run(store, run_id, prov):
+            remove_stale_temporaries(self.run_dir)
             self.evaluator.register(store)
             self._save_grid_inputs()
             generated = skipped = failed = 0
@@ -331,6 +332,10 @@ def prepare(config: RunConfig) -> tuple[Protocol, Sequence[PairSpec], tuple[int,
                                         **config.protocol_args)
     spec = protocol.spec
     pairs = spec.pairs[: config.limit] if config.limit else spec.pairs
+    if not pairs:
+        raise ValueError(f"protocol {spec.name!r} has no pairs to run" + (
+            f": every pair uses one of the {len(protocol.input_errors)} unusable input file(s) named above; fix or "
+            "remove them" if protocol.input_errors else ""))
     seeds = tuple(config.seeds or spec.seeds)
     evaluator = Evaluator(protocol, pairs, seeds, metrics=config.metrics, device=config.device,
                           weights_dir=config.weights_dir, run_dir=config.run_dir, progress=config.progress)
@@ -364,6 +369,24 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+TEMPORARY_GLOB = ".*.tmp"
+"""``atomic_write``'s temporary names (``.<target name>.<random>.tmp``)."""
+
+
+def remove_stale_temporaries(run_dir: Path) -> int:
+    """Remove temporary files a killed writer left in the run folder. Called by the holder of the run folder's
+    lock, so no writer of them is alive (``sxbench report`` takes no lock, but writes only ``index.html`` and
+    ``figures/``, which are left alone)."""
+    n = 0
+    for sub in ("images", "inputs", "cache"):
+        for tmp in (run_dir / sub).rglob(TEMPORARY_GLOB):
+            tmp.unlink(missing_ok=True)
+            n += 1
+    if n:
+        log.info("removed %d temporary files left by an interrupted write", n)
+    return n
 
 
 @contextmanager

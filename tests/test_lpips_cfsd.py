@@ -39,6 +39,9 @@ def alex_folder(tmp_path_factory):
     (root / "lpips-alex").mkdir()
     # torchvision's older checkpoints are in the legacy (non-zip) format: the harder case for the loader
     torch.save(model.state_dict(), root / "lpips-alex" / "alexnet-owt-7be5be79.pth", _use_new_zipfile_serialization=False)
+    from sxbench import weights
+
+    weights.declare_custom("lpips-alex", root, why="random torchvision AlexNet, for tests")  # not the pinned file
     return root, model
 
 

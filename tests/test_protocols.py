@@ -3,6 +3,7 @@ import logging
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from sxbench import registry
 from sxbench.imageio import pil_to_array
@@ -112,6 +113,9 @@ def test_photos_protocol_uses_packaged_images_only():
     assert p.content(pair.content_id).size == (64, 64)
     assert p.style(pair.style_id).mode == "RGB"
     assert p.target(pair.pair_id) is None
+    inputs = [x.inputs for x in p.spec.pairs]  # digests of the two files' bytes: one per (content, style)
+    assert len(set(inputs)) == len(inputs) and all(len(i) == 16 for i in inputs)
+    assert [x.inputs for x in registry.create_protocol("photos", resolution=32).spec.pairs] == inputs
 
 
 def test_folder_protocol_reports_one_line_for_corrupt_and_runs_the_rest(odd_folder, caplog):
@@ -143,6 +147,13 @@ def test_folder_manifest_with_targets(tmp_path):
     assert p.spec.pairs[0].level in LEVELS and p.spec.pairs[0].pair_id == rows[0]["pair_id"]
     assert p.target(p.spec.pairs[0].pair_id).size == (32, 32)
     assert (out / "masks" / f"{rows[0]['pair_id']}.png").is_file()
+    # the target's bytes are part of the pair's inputs: re-rendering one target changes that pair only
+    before = {x.pair_id: x.inputs for x in p.spec.pairs}
+    target = out / rows[0]["target"]
+    Image.open(target).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(target)
+    again = registry.create_protocol("folder", root=str(manifest), resolution=32)
+    after = {x.pair_id: x.inputs for x in again.spec.pairs}
+    assert {k for k in before if before[k] != after[k]} == {rows[0]["pair_id"]}
 
 
 def test_folder_errors_name_the_fix(tmp_path):

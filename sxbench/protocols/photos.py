@@ -1,7 +1,8 @@
 """The ``photos`` protocol: real photographs shipped inside scikit-image's wheel; no targets.
 
 Only files present in the installed package are used (``skimage/data/*``), never the ones scikit-image
-fetches on demand, so the protocol works offline.
+fetches on demand, so the protocol works offline. Each pair's ``inputs`` is a digest of the two files' bytes, so a
+scikit-image release that changes a picture regenerates its pairs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from PIL import Image
 
 from sxbench.imageio import fit, load_image
 from sxbench.interfaces import PairSpec, Protocol, ProtocolSpec
+from sxbench.records import file_sha256, stable_hash
 
 CONTENTS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png")
 STYLES = ("brick.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "color.png")
@@ -38,8 +40,10 @@ class PhotosProtocol(Protocol):
                 f"scikit-image sample images missing: {', '.join(missing)}; reinstall scikit-image (pip install "
                 "--force-reinstall scikit-image) or use another protocol"
             )
+        sha256 = {image_id: file_sha256(path) for image_id, path in self._paths.items()}
         pairs = tuple(
-            PairSpec(pair_id=f"{Path(c).stem}__{Path(s).stem}", content_id=Path(c).stem, style_id=Path(s).stem)
+            PairSpec(pair_id=f"{Path(c).stem}__{Path(s).stem}", content_id=Path(c).stem, style_id=Path(s).stem,
+                     inputs=stable_hash([sha256[Path(c).stem], sha256[Path(s).stem], ""], 16))
             for c in CONTENTS
             for s in STYLES
         )

@@ -13,19 +13,38 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from sxbench.interfaces import PairSpec
 from sxbench.records import IMPORTED_VERSION, stable_hash
-from sxbench.store import DB_NAME, Store
+from sxbench.store import DB_NAME, Store, UnsafePathError, contained
 
 log = logging.getLogger(__name__)
 
 GROUP_ORDER = ("fidelity", "style", "detail", "quality", "experts", "efficiency")
 LEVEL_ORDER = ("color", "texture", "material", "stroke", "none")
+SPLIT_ORDER = ("seen", "unseen", "all")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a CSV cell as a formula (OWASP, CSV injection)."""
+
+
+def _known_first(present: Iterable[Any], known: Sequence[str]) -> list[str]:
+    """The distinct values of ``present`` (levels, splits): those in ``known`` in its order, then a protocol's own
+    (``ink wash``) in name order, so a value the report does not know is shown, not dropped."""
+    present = {v for v in present if pd.notna(v)}
+    return [v for v in known if v in present] + sorted(present - set(known), key=str)
+
+
+def _literal_text():
+    """A matplotlib ``rc_context`` in which every text is drawn as given: figure labels are user strings (split,
+    level, family, method and metric names) and a ``$`` in one would otherwise be parsed as mathtext, failing the
+    whole report on ``$\\foo$``. Figures must be created and saved inside it (a text reads the setting when made)."""
+    import matplotlib
+
+    return matplotlib.rc_context({"text.parse_math": False})
 
 
 def config_labels(method_infos: dict[tuple[str, str], dict[str, Any]],
@@ -189,13 +208,14 @@ def _level_bars(values: pd.DataFrame, path: Path, dpi: int = 110) -> None:
     bootstrap interval (``_level_stats``), drawn as ``sns.catplot(kind="bar", col_wrap=4, sharey=False, height=2.6,
     aspect=1.25, errorbar=("ci", 95), n_boot=200, seed=0)`` draws it (same numbers, colours, geometry and legend)
     but with one artist per panel: seaborn's per-bar aggregation and repeated layout passes took most of the
-    report's time. Levels outside ``LEVEL_ORDER`` are left out, as catplot's ``order`` leaves them out."""
+    report's time. Levels in ``_known_first`` order: the known ones first, then the protocol's own (catplot's ``order``
+    would leave those out)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     from matplotlib.patches import Rectangle
 
     metrics = sorted(values.metric.unique())
-    levels = [lv for lv in LEVEL_ORDER if lv in set(values.level)]
+    levels = _known_first(values.level.unique(), LEVEL_ORDER)
     hues = [m for m in pd.unique(values.method) if pd.notna(m)]  # seaborn's order: as they appear
     palette = sns.color_palette(n_colors=len(hues)) if len(hues) <= len(sns.color_palette()) \
         else sns.color_palette("husl", len(hues))
@@ -250,8 +270,10 @@ def _save(fig: Any, path: Path, dpi: int) -> None:
     the figure, for which ``savefig`` runs a second, layout-only draw of the whole figure; removing it spares that."""
     import matplotlib.pyplot as plt
 
+    from sxbench.runner import atomic_write
+
     fig.set_layout_engine(None)
-    fig.savefig(path, dpi=dpi)
+    atomic_write(Path(path), lambda fh: fig.savefig(fh, dpi=dpi, format="png"))  # a reader never sees half a PNG
     plt.close(fig)
 
 
@@ -266,7 +288,8 @@ def _figures(values: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
     figs = []
     sns.set_theme(style="whitegrid", context="paper")
     if not values.empty:
-        groups = values.groupby("metric_group").metric.first().to_dict()
+        # the trade-off plots a metric of each group that has values (one whose samples all failed has none)
+        groups = values[values.value.notna()].groupby("metric_group").metric.first().to_dict()
         fid, sty = groups.get("fidelity"), groups.get("style")
         log.info("report: figures (%d)", 2 if fid and sty else 1)
         _level_bars(values, fig_dir / "metrics_by_level.png")
@@ -275,6 +298,8 @@ def _figures(values: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
         if fid and sty:
             piv = values[values.metric.isin([fid, sty])].pivot_table(
                 index=["method", "split"], columns="metric", values="value", aggfunc="mean").reset_index()
+            # matplotlib leaves a label starting with "_" out of a legend: a leading space keeps it, looking the same
+            piv[["method", "split"]] = piv[["method", "split"]].map(lambda s: f" {s}" if str(s).startswith("_") else s)
             fig, ax = plt.subplots(figsize=(5.2, 4))
             sns.scatterplot(data=piv, x=sty, y=fid, hue="method", style="split", s=90, ax=ax)
             hib_s = bool(values[values.metric == sty].higher_is_better.iloc[0])
@@ -419,7 +444,9 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         raise FileNotFoundError(f"{run_dir}: no {DB_NAME} here; run `sxbench run --out {run_dir}` first")
     log.info("report: reading the store")
     with Store(run_dir) as store:
-        values = store.values()
+        # a NULL value is a metric that failed on that sample: NaN, left out of every mean and count (a metric whose
+        # values are all NULL reads back as an object column of None)
+        values = store.values().astype({"value": float})
         samples = store.samples()
         runs = store.runs()
         metric_infos = store.metrics()
@@ -447,8 +474,8 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     board = leaderboard(values)
     by_split = leaderboard(values, "split")
     by_level = leaderboard(values, "level")
-    splits = [s for s in ("seen", "unseen", "all") if s in set(values.split)]
-    levels = [lv for lv in LEVEL_ORDER if lv in set(values.level)]
+    splits = _known_first(values.split.unique(), SPLIT_ORDER)
+    levels = _known_first(values.level.unique(), LEVEL_ORDER)
 
     ok = samples[samples.status == "ok"]
     errors = samples[samples.status == "error"]
@@ -465,13 +492,18 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
 
     # image grid: pairs chosen exactly as the runner chose them when saving inputs
     grid = []
+    refused: list[str] = []  # stored paths that point outside the run folder: never read, one warning for all
     if len(ok):
         listings: dict[Path, set[str]] = {}  # one directory read per folder, not a stat per image
 
         def existing(rel: str | None) -> str | None:
             if not rel:
                 return None
-            path = run_dir / rel
+            try:  # output paths come from the database: a crafted one must not reach other files
+                path = contained(run_dir, rel)
+            except UnsafePathError as exc:
+                refused.append(str(exc))
+                return None
             if path.parent not in listings:
                 listings[path.parent] = _file_names(path.parent)
             return rel if path.name in listings[path.parent] else None
@@ -493,26 +525,29 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
                 "target": existing(f"inputs/target/{stable_hash(p.pair_id, 16)}.png"),
                 "outputs": [existing(cells.get(m)) for m in methods],
             })
+    if refused:
+        log.warning("report: %d stored output path(s) outside the run folder not shown; the first: %s", len(refused),
+                    refused[0])
 
-    figures = _figures(values, run_dir / "figures") if len(values) else []
-    experts, expert_figs = _expert_section(routing, set_values, metric_infos, run_dir / "figures")
     infos = sorted(method_infos.values(), key=lambda m: m["name"])
     cards = _method_cards(method_infos, cost, imported, labels)
-    figures += expert_figs + _training_curves(infos, run_dir / "figures")
+    from sxbench.report import bench as bench_lib
+
+    bench_files = sorted((run_dir / "bench").glob("*.json")) + [Path(b) for b in bench]
+    bench_rows = bench_lib.load(bench_files) if bench_files else []
+    with _literal_text():  # labels are user strings: drawn as given, never as mathtext
+        figures = _figures(values, run_dir / "figures") if len(values) else []
+        experts, expert_figs = _expert_section(routing, set_values, metric_infos, run_dir / "figures")
+        figures += expert_figs + _training_curves(infos, run_dir / "figures")
+        if bench_rows and bench_lib.plot(bench_rows, run_dir / "figures" / "latency.png"):
+            figures.append({"file": "figures/latency.png",
+                            "caption": "Transformer step latency vs resolution (benchmarks)"})
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
     set_table = _set_table(set_values)
-    from sxbench.report import bench as bench_lib
-
-    bench_files = sorted((run_dir / "bench").glob("*.json")) + [Path(b) for b in bench]
-    bench_rows = bench_lib.load(bench_files) if bench_files else []
-    if bench_rows:
-        fig = bench_lib.plot(bench_rows, run_dir / "figures" / "latency.png")
-        if fig:
-            figures.append({"file": "figures/latency.png", "caption": "Transformer step latency vs resolution (benchmarks)"})
     log.info("report: writing index.html")
     html = env.get_template("index.html.j2").render(
         protocol=config.get("protocol", "?"), config=config, prov=prov, runs=runs.to_dict("records"),
@@ -524,9 +559,9 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
     )
     out = run_dir / "index.html"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    from sxbench.runner import atomic_write
+
+    atomic_write(out, lambda fh: fh.write(html.encode("utf-8")))  # a temporary file of this process, then a rename
     log.info("report written to %s", out)
     return out
 
@@ -607,14 +642,16 @@ def _set_table(sv: pd.DataFrame) -> dict[str, Any] | None:
 def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = None) -> Path:
     """Write the long-format results table (one value per row) as CSV or Parquet. ``scope`` tells the rows
     apart: ``sample`` (one output), ``set`` (a method's outputs over a subset, ``split`` the subset) and ``experts``
-    (a mixture method's expert statistics, ``split`` ``all``); ``n`` is how many outputs (styles, for experts)."""
+    (a mixture method's expert statistics, ``split`` ``all``); ``n`` is how many outputs (styles, for experts).
+    A metric that failed on a sample has an empty ``value``. In CSV, a text cell a spreadsheet would run as a
+    formula (``=cmd()``, see ``FORMULA_PREFIXES``) starts with a ``'``; Parquet keeps every value exact."""
     run_dir = Path(run_dir)
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"format must be csv or parquet, got {fmt!r}")
     if not (run_dir / DB_NAME).is_file():
         raise FileNotFoundError(f"{run_dir}: no {DB_NAME} here; run `sxbench run --out {run_dir}` first")
     with Store(run_dir) as store:
-        df = store.values().assign(scope="sample")
+        df = store.values().astype({"value": float}).assign(scope="sample")
         sv = store.set_values()
     if len(sv):  # set metrics and expert statistics: one row per (method, subset), sample columns empty
         sets = sv.rename(columns={"subset": "split"}).assign(
@@ -626,8 +663,19 @@ def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = No
                                   if c in sets.columns]]], ignore_index=True)
     out = Path(output) if output else run_dir / f"results.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
+    _defused(df).to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
     return out
+
+
+def _defused(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every text cell that starts with one of ``FORMULA_PREFIXES`` prefixed by ``'`` (OWASP's advice
+    against CSV injection: ids come from user manifests); numeric and boolean columns are left as they are, so a
+    negative number stays a number."""
+    def defuse(v: Any) -> Any:
+        return "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v
+
+    text = [c for c in df.columns if df[c].dtype == object or pd.api.types.is_string_dtype(df[c])]
+    return df.assign(**{c: df[c].map(defuse) for c in text}) if text else df
 
 
 __all__ = ["Cell", "config_labels", "export", "grid_pairs", "leaderboard", "mean_ci", "render"]

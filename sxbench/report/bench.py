@@ -81,6 +81,8 @@ def plot(table: list[dict[str, Any]], path: Path) -> Path | None:
                        facet_kws={"sharey": False}, height=3.2)
     grid.set(yscale="log", ylabel="median ms per step")
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.savefig(path, dpi=110)
+    from sxbench.runner import atomic_write
+
+    atomic_write(path, lambda fh: grid.savefig(fh, dpi=110, format="png"))
     plt.close(grid.figure)
     return path
