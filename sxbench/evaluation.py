@@ -54,7 +54,7 @@ from sxbench.metrics.experts import EXPERT_METRICS, ExpertMetric, RoutingView
 from sxbench.metrics.sets import SetMetric, SetView
 from sxbench.records import MetricValue, stable_hash
 from sxbench.store import Store, UnsafePathError, contained
-from sxbench.weights import WeightsMissingError
+from sxbench.weights import WeightsChecksumError, WeightsMissingError
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ class Evaluator:
                 if explicit:  # asked for by name: fail now, before any work
                     raise
                 self.skipped[name] = f"not run: {exc}"
-                log.warning("metric %s not run: weights missing (see `sxbench weights list`)", name)
+                why = "weights fail their checksum" if isinstance(exc, WeightsChecksumError) else "weights missing"
+                log.warning("metric %s not run: %s (see `sxbench weights list`)", name, why)
                 continue
             except Exception as exc:
                 if explicit:
@@ -261,8 +262,9 @@ class Evaluator:
 
     def complete(self, store: Store, run_dir: Path, retry_failed: bool = False) -> int:
         """Score stored samples of this protocol's pairs that lack values for some of this evaluator's image
-        metrics (a metric added later), or hold one computed with other backbone weights (never pooled), or a
-        failed one when ``retry_failed``; from their PNGs. Returns how many samples were rescored."""
+        metrics (a metric added later), or hold one computed with other backbone weights or by another version of
+        the metric (never pooled), or a failed one when ``retry_failed``; from their PNGs. Returns how many samples
+        were rescored."""
         if not self.image_metrics:
             return 0
         samples = store.samples()
@@ -278,8 +280,9 @@ class Evaluator:
                 name = m.info.name
                 if "target" in m.info.requires and not pairs[pair_id].has_target:
                     continue
-                stored = have[key].get(name)
-                if stored is None or stored[1] != weights[name] or (retry_failed and stored[0]):
+                stored = have[key].get(name)  # missing, other weights, another metric version, or failed and asked
+                if (stored is None or stored[1] != weights[name] or stored[2] != m.info.version
+                        or (retry_failed and stored[0])):
                     missing.add(name)
             if missing:
                 need[key] = missing

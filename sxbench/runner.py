@@ -38,6 +38,7 @@ from sxbench.interfaces import Method, PairSpec, Protocol, ProtocolSpec
 from sxbench.lock import run_lock
 from sxbench.records import MethodInfo, SampleRecord, sample_key_of, stable_hash
 from sxbench.store import Store, UnsafePathError
+from sxbench.subsets import stratified_subset
 from sxbench.store import contained as contained_path
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ class RunConfig:
     seeds: tuple[int, ...] | None = None
     """Seeds; default the protocol's."""
     limit: int | None = None
-    """Use only the first ``limit`` pairs."""
+    """A deterministic stratified subset of ``limit`` pairs, every level and split represented
+    (``sxbench.subsets.stratified_subset``)."""
     metrics: tuple[str, ...] | None = None
     """Metric names; default the protocol's."""
     device: str = "cpu"
@@ -331,7 +333,7 @@ def prepare(config: RunConfig) -> tuple[Protocol, Sequence[PairSpec], tuple[int,
     protocol = registry.create_protocol(config.protocol, **({"seeds": config.seeds} if config.seeds else {}),
                                         **config.protocol_args)
     spec = protocol.spec
-    pairs = spec.pairs[: config.limit] if config.limit else spec.pairs
+    pairs = stratified_subset(spec.pairs, config.limit) if config.limit else spec.pairs
     if not pairs:
         raise ValueError(f"protocol {spec.name!r} has no pairs to run" + (
             f": every pair uses one of the {len(protocol.input_errors)} unusable input file(s) named above; fix or "

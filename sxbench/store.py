@@ -409,16 +409,17 @@ class Store:
                 out[key].add(metric)
         return out
 
-    def scored(self, keys: Iterable[str]) -> dict[str, dict[str, tuple[bool, str | None]]]:
-        """``{sample_key: {metric: (failed, weights sha256)}}`` of the stored values (``failed``: stored ``NULL``)."""
+    def scored(self, keys: Iterable[str]) -> dict[str, dict[str, tuple[bool, str | None, str]]]:
+        """``{sample_key: {metric: (failed, weights sha256, metric version)}}`` of the stored values (``failed``:
+        stored ``NULL``)."""
         keys = list(keys)
-        out: dict[str, dict[str, tuple[bool, str | None]]] = {k: {} for k in keys}
+        out: dict[str, dict[str, tuple[bool, str | None, str]]] = {k: {} for k in keys}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
-            q = ("SELECT sample_key, metric, value IS NULL, weights FROM metric_values "
+            q = ("SELECT sample_key, metric, value IS NULL, weights, version FROM metric_values "
                  f"WHERE sample_key IN ({', '.join('?' * len(chunk))})")
-            for key, metric, failed, weights in self.conn.execute(q, chunk):
-                out[key][metric] = (bool(failed), weights)
+            for key, metric, failed, weights, version in self.conn.execute(q, chunk):
+                out[key][metric] = (bool(failed), weights, str(version))
         return out
 
     def samples_of(self, method: str, method_config: str, protocol: str) -> pd.DataFrame:

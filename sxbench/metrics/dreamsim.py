@@ -12,9 +12,9 @@ class DreamSimStyle(BackboneMetric):
     roles, fields = ("output", "style"), ("embed",)
     info = MetricInfo(
         "dreamsim_style", False, (0.0, 200.0), "style", frozenset({"style"}), backbone="dreamsim-ensemble",
-        description="DreamSim distance × 100 (1 − cosine of the DreamSim v0.2 ensemble embedding: DINO, CLIP and "
-                    "OpenCLIP ViT-B/16 with DreamSim's LoRA, 224² bicubic), output vs style reference; lower is "
-                    "closer (the paper's DreamSim score).",
+        description="DreamSim distance × 100 on the DreamSim ensemble v0.2 (DINO, CLIP and OpenCLIP ViT-B/16 with "
+                    "DreamSim's LoRA merged, 224² bicubic): 1 − cosine of the embeddings, output vs style "
+                    "reference; lower is closer (the paper's DreamSim score).",
     )
 
     def score(self, output, *, content=None, style=None, target=None, keys=None):

@@ -1,10 +1,15 @@
 """The "semantic stylisation" judge: a Qwen2.5-VL model rates, 0-100, whether a stylisation transfers the
-reference's *semantic* style elements (texture, material, brush strokes) rather than only its colours.
+reference's *semantic* style elements (texture, material, brush strokes) rather than only its colours, while
+keeping the content's scene.
 
 The StyleExpert paper reports such a score from a Qwen VLM; it does not fix a prompt, so the prompt below is
 this project's own wording. **The prompt (``build_messages``) and the answer parsing (``parse_score``) are
 versioned code**: a score is only comparable with scores produced under the same ``PROMPT_VERSION`` (and the
 same model weights). Bump ``PROMPT_VERSION`` whenever either changes, even by a word or a regex character.
+
+Version history: ``1`` showed the judge the style reference and the output only, so a copy of the style
+reference could score high; ``2`` shows it the content, the style reference and the output, in that order
+(``IMAGE_ORDER``), and asks it to score an output that does not show the content's scene low.
 
 Decoding is greedy (``do_sample=False``; sampling fields of the folder's ``generation_config`` are switched
 off, everything else, e.g. its ``repetition_penalty``, is kept), so a score is deterministic for given
@@ -23,16 +28,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-PROMPT_VERSION = "1"
-"""Version of the prompt text and the answer parsing together; bump it when either changes."""
+PROMPT_VERSION = "2"
+"""Version of the prompt text, the images shown and the answer parsing together; bump it when any changes."""
+
+IMAGE_ORDER = ("content", "style", "output")
+"""The images of one judgement, in the order the prompt shows them (part of ``PROMPT_VERSION``)."""
 
 INSTRUCTION = (
-    "The first image is a style reference. The second image is a stylized output: some content re-rendered "
-    "in the style of the reference.\n"
-    "Judge the semantic stylisation: does the output take on the reference's texture, material and brush "
-    "strokes (or other mark-making), not only its colours? An output that merely copies the colour palette "
-    "while keeping smooth photographic surfaces deserves a low score; an output whose surfaces are rendered "
-    "with the reference's textures, materials and strokes deserves a high score, whatever its colours.\n"
+    "The first image is the content: the scene to re-render. The second image is a style reference. The third "
+    "image is a stylized output: the content's scene re-rendered in the style of the reference.\n"
+    "Judge the semantic stylisation: does the output show the content's scene, with its surfaces taking on the "
+    "reference's texture, material and brush strokes (or other mark-making), not only its colours? An output "
+    "that merely copies the colour palette while keeping smooth photographic surfaces deserves a low score. An "
+    "output that does not show the content's scene (a copy of the style reference, or another scene) deserves "
+    "a low score, however well it matches the style. An output that shows the content's scene with its "
+    "surfaces rendered in the reference's textures, materials and strokes deserves a high score, whatever its "
+    "colours.\n"
     "Reply with one short sentence of reasoning, then answer on the last line as SCORE: <integer 0-100>."
 )
 """The text part of the user turn (part of ``PROMPT_VERSION``)."""
@@ -48,17 +59,14 @@ _FRACTION_RE = re.compile(r"(?<![\d.])" + _NUMBER + r"\s*/\s*100(?!\d|\.\d)")
 def build_messages() -> list[dict[str, Any]]:
     """The chat messages (transformers' multimodal chat format) for one judgement.
 
-    One user turn: an image placeholder for the style reference, then one for the stylized output, then
-    ``INSTRUCTION``. The placeholders carry no pixels; the images go to the processor in the same order.
+    One user turn: an image placeholder for each of ``IMAGE_ORDER`` (the content, the style reference, the
+    stylized output), then ``INSTRUCTION``. The placeholders carry no pixels; the images go to the processor in
+    the same order.
     """
     return [
         {
             "role": "user",
-            "content": [
-                {"type": "image"},  # style reference
-                {"type": "image"},  # stylized output
-                {"type": "text", "text": INSTRUCTION},
-            ],
+            "content": [*({"type": "image"} for _ in IMAGE_ORDER), {"type": "text", "text": INSTRUCTION}],
         }
     ]
 
@@ -95,7 +103,8 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 class QwenJudge:
-    """A Qwen2.5-VL model with its processor, rating ``(output, style)`` pairs 0-100 (``parse_score`` of its answer).
+    """A Qwen2.5-VL model with its processor, rating ``(content, style, output)`` triplets 0-100 (``parse_score`` of
+    its answer).
 
     ``rate`` runs the whole batch in ONE ``generate`` call: the processor pads on the left (set in
     ``from_folder``), which Qwen2.5-VL's generation supports (its multimodal RoPE positions follow the attention
@@ -103,7 +112,8 @@ class QwenJudge:
     same-size images all prompts have the same length anyway, so no padding happens in practice. Memory grows
     with B times the image tokens (about (H/28)*(W/28) per image for the hub processors), so callers chunk large
     batches.
-    ``last_answers`` keeps the decoded answers of the last ``rate`` call, for logging.
+    ``last_answers`` keeps the decoded answers of the last ``rate`` call, for logging, and ``last_parse_failures``
+    counts those without a score (their values are NaN).
     """
 
     def __init__(self, model: torch.nn.Module, processor: Any, device: str | torch.device = "cpu") -> None:
@@ -112,6 +122,11 @@ class QwenJudge:
         self.device = torch.device(device)
         self.prompt_version = PROMPT_VERSION
         self.last_answers: list[str] = []
+
+    @property
+    def last_parse_failures(self) -> int:
+        """How many answers of the last ``rate`` call had no parseable score (``parse_score`` is ``None``)."""
+        return sum(parse_score(a) is None for a in self.last_answers)
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str | torch.device = "cpu",
@@ -144,19 +159,23 @@ class QwenJudge:
         return cfg
 
     @torch.inference_mode()
-    def rate(self, outputs: torch.Tensor, styles: torch.Tensor, max_new_tokens: int = 64) -> torch.Tensor:
+    def rate(self, outputs: torch.Tensor, *, contents: torch.Tensor, styles: torch.Tensor,
+             max_new_tokens: int = 64) -> torch.Tensor:
         """Scores ``(B,)`` float32 in ``[0, 100]`` (NaN where the answer has no parseable score) for stylized
-        ``outputs`` against style references ``styles``, both ``(B, 3, H, W)`` float in ``[0, 1]``."""
-        if outputs.ndim != 4 or outputs.shape[1] != 3 or styles.ndim != 4 or styles.shape[1] != 3:
-            raise ValueError(f"expected (B, 3, H, W) images, got {tuple(outputs.shape)} and {tuple(styles.shape)}")
-        if outputs.shape[0] != styles.shape[0]:
-            raise ValueError(f"batch sizes differ: {outputs.shape[0]} outputs, {styles.shape[0]} styles")
+        ``outputs`` of ``contents`` in the style of ``styles``, each ``(B, 3, H, W)`` float in ``[0, 1]`` (sizes
+        may differ between the three)."""
+        images = {"content": contents, "style": styles, "output": outputs}
+        for role, x in images.items():
+            if x.ndim != 4 or x.shape[1] != 3:
+                raise ValueError(f"expected (B, 3, H, W) {role} images, got {tuple(x.shape)}")
+        if len({x.shape[0] for x in images.values()}) != 1:
+            raise ValueError("batch sizes differ: " + ", ".join(f"{x.shape[0]} {r}s" for r, x in images.items()))
         n = outputs.shape[0]
         if n == 0:
             self.last_answers = []
             return torch.empty(0, dtype=torch.float32, device=outputs.device)
-        pairs = [[s, o] for s, o in zip(to_pil(styles), to_pil(outputs))]  # order of build_messages
-        inputs = self.processor(text=[self.prompt()] * n, images=pairs, padding=True, return_tensors="pt")
+        triplets = [list(t) for t in zip(*(to_pil(images[role]) for role in IMAGE_ORDER))]  # build_messages' order
+        inputs = self.processor(text=[self.prompt()] * n, images=triplets, padding=True, return_tensors="pt")
         inputs = inputs.to(self.device)
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

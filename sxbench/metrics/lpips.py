@@ -12,8 +12,9 @@ class LPIPSContent(ContentDistance):
     backbone_name = "lpips-alex"
     info = MetricInfo(
         "lpips_content", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="lpips-alex",
-        description="LPIPS v0.1 (AlexNet, torchvision ImageNet trunk) between output and content at the protocol "
-                    "resolution: inputs [0, 1] → [-1, 1], the lpips package's model exactly.",
+        description="LPIPS on LPIPS v0.1 AlexNet (torchvision's ImageNet trunk + the lpips package's v0.1 heads) "
+                    "between output and content at the protocol resolution: inputs [0, 1] → [-1, 1], the lpips "
+                    "package's model exactly.",
     )
 
 
@@ -21,6 +22,7 @@ class LPIPSContentVGG(LPIPSContent):
     backbone_name = "lpips-vgg"
     info = MetricInfo(
         "lpips_content_vgg", False, (0.0, INF), "fidelity", frozenset({"content"}), backbone="lpips-vgg",
-        description="LPIPS v0.1 (VGG-16, torchvision ImageNet trunk) between output and content at the protocol "
-                    "resolution: inputs [0, 1] → [-1, 1], the lpips package's model exactly.",
+        description="LPIPS on LPIPS v0.1 VGG-16 (torchvision's ImageNet trunk + the lpips package's v0.1 heads) "
+                    "between output and content at the protocol resolution: inputs [0, 1] → [-1, 1], the lpips "
+                    "package's model exactly.",
     )

