@@ -63,6 +63,9 @@ class MethodInfo:
     """Where the method's files live and how to reproduce them (checkpoint folder, training command, import
     folder and date): shown on the method card, never part of ``config_hash``, so moving a clone or re-annotating
     an import keeps every stored output. What determines the outputs (parameters, weights sha256) is ``params``."""
+    control: bool = False
+    """A reference point, not a contender (``identity``: output = content; ``stylecopy``: output = style): the report
+    shows it as a reference row, never ranked. Not part of ``config_hash``."""
 
     @property
     def config_hash(self) -> str:

@@ -1,5 +1,6 @@
 """The report: naming of stored method configurations, and direction-aware ranking checked against means computed
-independently from the store."""
+independently from the store and against ``sxbench.stats`` (intervals, paired comparisons). Rank groups with
+significant differences, controls and the coverage header: ``test_report_stats.py``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 
 from sxbench.records import MethodInfo, MetricInfo, MetricValue, SampleRecord
-from sxbench.report import config_labels, leaderboard, render
+from sxbench.report import REPORT_N_BOOT, config_labels, leaderboard, render
+from sxbench.stats import method_ci, paired_differences
 from sxbench.store import DB_NAME, Store
 
 
@@ -44,7 +45,8 @@ class _Tables(HTMLParser):
         elif tag == "tr" and self.tables:
             self.tables[-1]["rows"].append([])
         elif tag in ("th", "td") and self.tables:
-            self._cell = {"text": "", "class": a.get("class") or "", "v": a.get("data-v"), "rank": None, "sub": None}
+            self._cell = {"text": "", "class": a.get("class") or "", "v": a.get("data-v"), "rank": None, "sub": None,
+                          "n": None, "title": a.get("title")}
             if tag == "th":
                 self.tables[-1]["head"].append(self._cell)
             else:
@@ -55,6 +57,8 @@ class _Tables(HTMLParser):
                 self._cell["rank"] = ""
             elif self._span == "muted":
                 self._cell["sub"] = ""
+            elif self._span == "n":
+                self._cell["n"] = ""
 
     def handle_endtag(self, tag):
         if tag in ("h2", "h3"):
@@ -72,13 +76,16 @@ class _Tables(HTMLParser):
                 self._cell["rank"] += data.strip()
             elif self._span == "muted":
                 self._cell["sub"] += data.strip()
+            elif self._span == "n":
+                self._cell["n"] += data.strip()
             else:
                 self._cell["text"] += data
 
 
 def html_tables(html: str) -> list[dict]:
-    """``[{"h2", "h3", "head": [cell], "rows": [[cell]]}]``; a cell is ``{"text", "class", "v" (data-v), "rank" (text
-    of its ``span.rank``), "sub" (text of its ``span.muted``)}``, text outside those spans in ``text``."""
+    """``[{"h2", "h3", "head": [cell], "rows": [[cell]]}]``; a cell is ``{"text", "class", "v" (data-v), "title",
+    "rank" (text of its ``span.rank``), "sub" (text of its ``span.muted``), "n" (text of its ``span.n``)}``, text
+    outside those spans in ``text``."""
     p = _Tables()
     p.feed(html)
     for t in p.tables:
@@ -212,25 +219,37 @@ def ranked(tmp_path_factory):
     _write_store(run)
     render(run)
     with sqlite3.connect(run / DB_NAME) as c:
-        ref = pd.read_sql_query("SELECT s.method, s.split, s.level, v.metric, v.value FROM metric_values v "
-                                "JOIN samples s ON s.sample_key = v.sample_key", c)
+        ref = pd.read_sql_query("SELECT s.method, s.split, s.level, s.pair_id, s.style_id, s.content_id, s.seed, "
+                                "v.metric, v.value FROM metric_values v JOIN samples s ON s.sample_key = v.sample_key",
+                                c)
     assert len(ref) == len(METHODS) * len(SPLITS) * len(LEVELS) * 3 * len(HIB)
     return run, html_tables((run / "index.html").read_text()), ref
 
 
 def _reference(ref: pd.DataFrame, metric: str, by: str | None = None) -> dict[str, pd.DataFrame]:
-    """Per column (``"all"`` or each value of ``by``): mean, 95% t half-width and rank (1 = best by ``HIB``) per
-    method."""
+    """Per column (``"all"`` or each value of ``by``), per method: mean and count (pandas, from SQLite), rank by mean
+    (1 = best by ``HIB``), the half-width of ``sxbench.stats.method_ci``'s interval, and the rank group: the best
+    mean, then ``paired_differences`` against it, methods not significantly worse (Holm p ≥ 0.05 or a difference in
+    their favour) in its group, the rest grouped again the same way."""
     d = ref[ref.metric == metric]
     out = {}
     for col, g in ([("all", d)] if by is None else d.groupby(by)):
-        rows = {}
-        for m, v in g.groupby("method").value:
-            lo, hi = stats.t.interval(0.95, len(v) - 1, loc=v.mean(), scale=stats.sem(v))
-            rows[m] = {"mean": v.mean(), "ci": (hi - lo) / 2}
-        t = pd.DataFrame(rows).T
+        t = g.groupby("method").value.agg(["mean", "count"])
         order = sorted(t.index, key=lambda m: t.loc[m, "mean"], reverse=HIB[metric])  # best first
         t["rank"] = [order.index(m) + 1 for m in t.index]
+        ci = method_ci(g, n_boot=REPORT_N_BOOT).set_index("method")
+        t["ci"] = (ci.ci_high - ci.ci_low) / 2
+        group, remaining = {}, order
+        while remaining:
+            best = remaining[0]
+            group[best] = len(set(group.values())) + 1
+            if len(remaining) == 1:
+                break
+            diffs = paired_differences(g[g.method.isin(remaining)], best, n_boot=REPORT_N_BOOT).set_index("method")
+            worse = {m for m, r in diffs.iterrows() if r.p_holm < 0.05 and (r["diff"] < 0) == HIB[metric]}
+            group |= {m: group[best] for m in remaining[1:] if m not in worse}
+            remaining = [m for m in remaining if m in worse]
+        t["group"] = pd.Series(group)
         out[col] = t
     return out
 
@@ -248,7 +267,10 @@ def test_the_design_tells_directions_and_groupings_apart(ranked):
             assert set(winners.values()) - {best}, (metric, by, winners)
 
 
-def test_leaderboard_ranks_and_best_cells_follow_each_metric_direction(ranked):
+def test_leaderboard_cells_and_rank_groups_follow_each_metric_direction(ranked):
+    """Mean, interval, n and rank group of every cell, and the column's best (named in each cell's tooltip) by the
+    metric's direction. (With 8 styles and 3 contents nothing here is significant: every method is in group 1;
+    ``test_report_stats.py`` has groups that differ.)"""
     _, tables, ref = ranked
     boards = [t for t in tables if t["h2"] == "Leaderboard" and t["h3"] != "set metrics"]
     assert [t["h3"] for t in boards] == ["fidelity", "style"]
@@ -265,8 +287,12 @@ def test_leaderboard_ranks_and_best_cells_follow_each_metric_direction(ranked):
                 mean_text, ci_text = cell["text"].split("±")
                 assert float(mean_text) == pytest.approx(want.loc[method, "mean"], abs=5e-4)
                 assert float(ci_text) == pytest.approx(want.loc[method, "ci"], abs=5e-4)
-                assert int(cell["rank"]) == want.loc[method, "rank"], (metric, method)
-                assert ("best" in cell["class"].split()) == (want.loc[method, "rank"] == 1), (metric, method)
+                assert cell["n"] == f"(n={want.loc[method, 'count']})"  # one seed: a pair per value
+                assert int(cell["rank"]) == want.loc[method, "group"], (metric, method)
+                assert ("best" in cell["class"].split()) == (want.loc[method, "group"] == 1), (metric, method)
+                best = want["rank"].idxmin()
+                assert ("best mean of the column" in cell["title"]) == (method == best), (metric, method)
+                assert method == best or f"minus {best} (the column's best)" in cell["title"], (metric, cell["title"])
             seen.add(metric)
     assert seen == set(HIB)
 
@@ -291,18 +317,25 @@ def test_split_and_level_tables_rank_within_each_group(ranked, by, h2):
             assert set(rows) == set(METHODS)
             for method, cell in rows.items():
                 assert float(cell["v"]) == pytest.approx(want.loc[method, "mean"], abs=1e-12), (metric, col, method)
-                assert ("best" in cell["class"].split()) == (want.loc[method, "rank"] == 1), (metric, col, method)
+                assert cell["n"] == f"(n={want.loc[method, 'count']})", (metric, col, method)
+                assert ("best" in cell["class"].split()) == (want.loc[method, "group"] == 1), (metric, col, method)
+                best = want["rank"].idxmin()  # the winner differs by column: a pooled or flipped best shows here
+                assert ("best mean of the column" in cell["title"]) == (method == best), (metric, col, method)
             checked.add((metric, col))
     assert checked == {(m, c) for m in HIB for c in (SPLITS if by == "split" else LEVELS)}
-    # the ranks behind the marks (the page shows them in the overall table only)
+    # the groups behind the marks (the page shows them in the overall table only), and each column's best
     with Store(run) as st:
         board = leaderboard(st.values(), by)
     for metric in HIB:
         for col, want in _reference(ref, metric, by).items():
-            assert {m: c.rank for m, c in board[metric][col].items()} == want["rank"].to_dict(), (metric, col)
+            assert {m: c.group for m, c in board[metric][col].items()} == want["group"].to_dict(), (metric, col)
+            best = want["rank"].idxmin()
+            assert {c.against for m, c in board[metric][col].items() if m != best} == {best}, (metric, col)
 
 
-def test_set_metric_best_cells_follow_each_metric_direction(ranked):
+def test_set_metric_cells_show_their_n_and_no_best(ranked):
+    """Set metrics have one value per method and subset and no interval: every cell shows its N, none is marked
+    best, and the note does not say they rank methods."""
     _, tables, _ = ranked
     (t,) = [t for t in tables if t["h3"] == "set metrics"]
     heads = [(*header_direction(th), th["sub"]) for th in t["head"][1:]]
@@ -313,7 +346,8 @@ def test_set_metric_best_cells_follow_each_metric_direction(ranked):
     assert set(rows) == set(METHODS)
     for j, (metric, arrow, subset) in enumerate(heads):
         vals = SET_VALUES[(metric, arrow == "↑")][subset]
-        best = (max if arrow == "↑" else min)(vals, key=vals.get)
         for method, cells in rows.items():
             assert float(cells[j]["v"]) == vals[method]
-            assert ("best" in cells[j]["class"].split()) == (method == best), (metric, subset, method)
+            assert float(cells[j]["text"]) == pytest.approx(vals[method], abs=5e-4)
+            assert cells[j]["n"] == "(N=12)"
+            assert "best" not in cells[j]["class"].split(), (metric, subset, method)

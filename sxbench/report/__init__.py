@@ -1,6 +1,8 @@
 """The HTML report: store → summary tables → figures → ``index.html`` (jinja2, autoescaped).
 
-The report never hard-codes a metric's direction: it reads ``higher_is_better`` from each stored value.
+The report never hard-codes a metric's direction: it reads ``higher_is_better`` from each stored value. Its
+intervals and rank groups are ``sxbench.stats``'s (two-way cluster bootstrap over styles and contents, seeds averaged
+per pair, paired differences with Holm's correction): ``leaderboards``.
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def grid_pairs(pairs: Sequence[PairSpec], n: int = 8) -> list[PairSpec]:
 
 
 def mean_ci(values: pd.Series) -> tuple[float, float, int]:
-    """Mean, half-width of the 95% Student-t confidence interval, and count."""
+    """Mean, half-width of the 95% Student-t confidence interval, and count, treating the values as independent.
+    Not what the leaderboard shows: its intervals are clustered by style and content (``leaderboard``)."""
     return _mean_ci(values.dropna().to_numpy(dtype=float))
 
 
@@ -140,15 +143,63 @@ def _t975(dof: int) -> float:
     return stats.t.ppf(0.975, dof)
 
 
+REPORT_N_BOOT = 1000
+"""Bootstrap replicates of the leaderboard's intervals and rank groups: half of ``sxbench.stats.N_BOOT`` (2000,
+which ``sxbench compare`` uses), which halves the report's bootstrap time. The Monte Carlo error of a bootstrap
+standard error is about 1/√(2B) of it: 2.2% of a half-width at 1000 replicates, 1.6% at 2000, so the report's
+intervals and ``sxbench compare``'s agree to a few percent of their width, not to the digit."""
+ALPHA = 0.05
+"""A method is significantly worse than another when the Holm-adjusted p of their paired difference is below it
+(equivalently, for one comparison, the 95% interval of the difference excludes 0)."""
+LEGACY_CONTROLS = ("identity", "stylecopy")
+"""Controls of stores written before ``MethodInfo.control`` existed (no ``control`` in the stored info): the two
+in-repo controls, by name. A stored ``control`` always wins."""
+
+
+def is_control(info: dict[str, Any]) -> bool:
+    """Whether a stored method info (``Store.methods()`` value) is a control, a reference row never ranked:
+    its ``control`` field, or, in stores written before that field, its name in ``LEGACY_CONTROLS``."""
+    if "control" in info:
+        return bool(info["control"])
+    return info.get("name") in LEGACY_CONTROLS
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One leaderboard entry."""
+    """One leaderboard entry: a method's mean over the pairs it has in one column, and its rank group."""
 
     mean: float
+    """Mean over pairs of each pair's mean over seeds (``sxbench.stats.seed_means``), in the metric's units; NaN
+    where the method has no value in the column."""
     ci: float
+    """Half-width of the 95% two-way cluster bootstrap interval (styles × contents, ``sxbench.stats.method_ci``);
+    NaN where there is none (fewer than two pairs, or one style and one content)."""
     n: int
-    rank: int | None
+    """Pairs with a value (a pair run with several seeds counts once)."""
+    group: int | None
+    """Rank group (``rank_groups``): 1 = not significantly worse than the column's best method; ``None`` for
+    controls and empty cells."""
     best: bool
+    """In group 1 (drawn bold)."""
+    control: bool = False
+    """A reference row (``is_control``): never ranked, never bold."""
+    against: str | None = None
+    """The column's best method, which ``diff`` compares with; ``None`` for that method, controls and empty cells."""
+    diff: float = math.nan
+    """Mean paired difference (this method − ``against``) over the pairs both have, in the metric's units."""
+    diff_low: float = math.nan
+    """Lower end of the difference's 95% two-way cluster bootstrap interval."""
+    diff_high: float = math.nan
+    """Upper end of that interval."""
+    p_holm: float = math.nan
+    """Holm-adjusted two-sided p of ``diff`` = 0, across the methods compared with ``against`` in the column."""
+    n_paired: int = 0
+    """Pairs both this method and ``against`` have."""
+
+    @property
+    def rank(self) -> int | None:
+        """The rank group (``group``), under the name the leaderboard used before rank groups."""
+        return self.group
 
     @property
     def text(self) -> str:
@@ -156,42 +207,189 @@ class Cell:
             return "–"
         return f"{self.mean:.3f}" + (f" ± {self.ci:.3f}" if math.isfinite(self.ci) else "")
 
+    @property
+    def note(self) -> str:
+        """A tooltip: how the cell was computed and how it compares with the column's best."""
+        if self.n == 0 or not math.isfinite(self.mean):
+            return "no value"
+        what = f"{self.n} pair(s), seeds averaged per pair"
+        if self.control:
+            return f"{what}; control: a reference row, not ranked"
+        if self.against is None:
+            return f"{what}; best mean of the column (group {self.group})"
+        if self.n_paired == 0:
+            return f"{what}; no pair in common with {self.against}: not compared (group {self.group})"
+        interval = f"[{self.diff_low:+.4g}, {self.diff_high:+.4g}]" if math.isfinite(self.diff_low) else "[no interval]"
+        p = "–" if not math.isfinite(self.p_holm) else "<0.001" if self.p_holm < 0.001 else f"{self.p_holm:.3f}"
+        return (f"{what}; minus {self.against} (the column's best): {self.diff:+.4g} {interval} over "
+                f"{self.n_paired} common pairs, p_holm {p} (group {self.group})")
 
-def leaderboard(values: pd.DataFrame, by: str | None = None) -> dict[str, dict[Any, dict[str, Cell]]]:
-    """``{metric: {column: {method: Cell}}}``; columns are ``"all"`` or the values of ``by``."""
-    out: dict[str, dict[Any, dict[str, Cell]]] = {}
+
+def leaderboard(values: pd.DataFrame, by: str | None = None, *, controls: Iterable[str] = (),
+                n_boot: int = REPORT_N_BOOT, seed: int = 0) -> dict[str, dict[Any, dict[str, Cell]]]:
+    """``{metric: {column: {method: Cell}}}``; columns are ``"all"`` or the values of ``by`` (``"level"`` or
+    ``"split"``). One table of ``leaderboards``."""
+    return leaderboards(values, (by,), controls=controls, n_boot=n_boot, seed=seed)[by]
+
+
+def leaderboards(values: pd.DataFrame, bys: Sequence[str | None] = (None, "split", "level"), *,
+                 controls: Iterable[str] = (), n_boot: int = REPORT_N_BOOT,
+                 seed: int = 0) -> dict[str | None, dict[str, dict[Any, dict[str, Cell]]]]:
+    """``{by: {metric: {column: {method: Cell}}}}`` for each table of ``bys`` (``None``: one column ``"all"``;
+    ``"split"``, ``"level"``: a column per value).
+
+    Every (metric, column, method) with a stored value, failed or not, has a cell. The numbers are
+    ``sxbench.stats``'s: each method's mean and interval are ``method_ci``'s and each comparison is
+    ``paired_differences``'s (seeds averaged per pair by ``seed_means``, two-way cluster bootstrap over styles and
+    contents, Holm across the methods compared), with the same ``n_boot`` and ``seed``, so the same values
+    (``tests/test_report_stats.py`` checks it). They are computed here rather than by calling those functions per
+    column and comparison, which took seconds per table: the values are pivoted once, and every statistic of a
+    column (each method's mean and each difference between two ranked methods, over all metrics) that covers the
+    same pairs goes through one ``cluster_bootstrap`` call. Its draws depend only on the seed and the clusters, so a
+    statistic's result does not depend on what shares its call. Rank groups: ``rank_groups``. Controls (labels
+    as in ``values.method``) get a mean and an interval but are never compared or ranked."""
+    from sxbench.stats import seed_means
+
+    out: dict[str | None, dict[str, dict[Any, dict[str, Cell]]]] = {by: {} for by in bys}
     if values.empty:
         return out
-    # one grouping for the whole table (a pandas groupby per cell took seconds on a real run)
-    keys = ["metric", "method"] if by is None else ["metric", by, "method"]
-    value = values.value.to_numpy(dtype=float)
-    stats: dict[tuple, tuple[float, float, int]] = {}
-    for key, idx in values.groupby(keys, sort=False).indices.items():
-        v = value[idx]
-        stats[key] = _mean_ci(v[~np.isnan(v)])
-    hib = values.groupby("metric", sort=True).higher_is_better.first()
-    cols: dict[Any, dict[Any, dict[str, tuple[float, float, int]]]] = {}
-    columns = [("all",)] if by is None else values[["metric", by]].dropna().drop_duplicates().itertuples(index=False)
-    for col in columns:  # columns in order of appearance, as the store lists them
-        if by is not None:
-            cols.setdefault(col[0], {})[col[1]] = {}
-    for key in sorted(stats, key=lambda k: k[-1]):  # methods in name order
-        metric, col, method = (key[0], "all", key[1]) if by is None else key
-        cols.setdefault(metric, {}).setdefault(col, {})[method] = stats[key]
-    for metric in hib.index:
-        higher = bool(hib[metric])
-        out[str(metric)] = {col: _ranked(cells, higher) for col, cells in cols.get(metric, {}).items()}
+    controls = set(controls)
+    for by in bys:  # the cells to fill: every (metric, column, method) stored, failed values included
+        keys = ["metric", "method"] if by is None else ["metric", by, "method"]
+        for key in values[keys].dropna().drop_duplicates().itertuples(index=False):
+            column = "all" if by is None else key[1]
+            out[by].setdefault(str(key[0]), {}).setdefault(column, {})[str(key[-1])] = None
+    hib = {str(k): bool(v) for k, v in values.groupby("metric", sort=True).higher_is_better.first().items()}
+    means = seed_means(values)
+    if len(means):  # units (pairs, in stats' order) × (metric, method), and each unit's labels
+        unit = [c for c in ("protocol", "pair_id") if c in means.columns]
+        wide = means.pivot(index=unit, columns=["metric", "method"], values="value")
+        labels = means.drop_duplicates(unit).set_index(unit).reindex(wide.index)
+        x = wide.to_numpy(dtype=np.float64)
+        style, content = labels.style_id.to_numpy(dtype=object), labels.content_id.to_numpy(dtype=object)
+        where: dict[str, dict[str, int]] = {}  # metric → method → column of x
+        for j, (metric, method) in enumerate(wide.columns):
+            where.setdefault(str(metric), {})[str(method)] = j
+    for by in bys:
+        columns = list(dict.fromkeys(c for per_metric in out[by].values() for c in per_metric))
+        for column in columns:
+            metrics = [m for m in out[by] if column in out[by][m]]
+            found: dict[str, dict[str, Cell]] = {}
+            if len(means):
+                keep = np.ones(len(x), dtype=bool) if by is None else (labels[by].to_numpy(dtype=object) == column)
+                found = _column_cells(x[keep], style[keep], content[keep], {m: where.get(m, {}) for m in metrics},
+                                      controls, hib, n_boot, seed)
+            for metric in metrics:
+                cells = out[by][metric][column]
+                out[by][metric][column] = {
+                    m: found.get(metric, {}).get(m) or Cell(math.nan, math.nan, 0, None, False, m in controls)
+                    for m in sorted(cells)}
     return out
 
 
-def _ranked(stats: dict[str, tuple[float, float, int]], higher_is_better: bool) -> dict[str, Cell]:
-    """Cells of one column: rank 1 = best mean, ties share the better rank (pandas ``rank(method="min")``)."""
-    means = [s[0] for s in stats.values() if not math.isnan(s[0])]
-    cells = {}
-    for m, (mean, ci, n) in stats.items():
-        rank = None if math.isnan(mean) else 1 + sum(o > mean if higher_is_better else o < mean for o in means)
-        cells[m] = Cell(mean, ci, n, rank, rank == 1)
-    return cells
+def _column_cells(x: np.ndarray, style: np.ndarray, content: np.ndarray, where: dict[str, dict[str, int]],
+                  controls: set[str], hib: dict[str, bool], n_boot: int, seed: int) -> dict[str, dict[str, Cell]]:
+    """``{metric: {method: Cell}}`` of one column from ``x`` (the column's units × (metric, method) columns,
+    float64, NaN where a method has no value for a unit), each unit's style and content labels, and ``where``
+    (metric → method → column of ``x``): every method's mean with its interval, and the ranked methods' pairwise
+    differences, each over the units that have its values; statistics on the same units share one
+    ``sxbench.stats.cluster_bootstrap`` call."""
+    from sxbench.stats import cluster_bootstrap
+
+    has = ~np.isnan(x)
+    jobs: dict[bytes, tuple[np.ndarray, list[np.ndarray], list[tuple[str, str, str | None]]]] = {}
+
+    def add(mask: np.ndarray, row: np.ndarray, key: tuple[str, str, str | None]) -> None:
+        job = jobs.setdefault(mask.tobytes(), (mask, [], []))
+        job[1].append(row)
+        job[2].append(key)
+
+    ranked: dict[str, list[str]] = {}
+    for metric, cols in where.items():
+        present = [m for m, j in cols.items() if has[:, j].any()]
+        ranked[metric] = [m for m in present if m not in controls]
+        for m in present:
+            add(has[:, cols[m]], x[:, cols[m]], (metric, m, None))
+        for i, a in enumerate(ranked[metric]):
+            for b in ranked[metric][i + 1:]:
+                common = has[:, cols[a]] & has[:, cols[b]]
+                if common.any():
+                    add(common, x[:, cols[a]] - x[:, cols[b]], (metric, a, b))
+    result: dict[tuple[str, str, str | None], tuple[int, float, float, float, float]] = {}
+    for mask, rows, keys in jobs.values():
+        ci = cluster_bootstrap(np.stack([r[mask] for r in rows]), style[mask], content[mask], n_boot=n_boot,
+                               seed=seed)
+        n = int(mask.sum())
+        for k, key in enumerate(keys):
+            result[key] = (n, float(ci.estimate[k]), float(ci.ci_low[k]), float(ci.ci_high[k]), float(ci.p[k]))
+
+    out: dict[str, dict[str, Cell]] = {}
+    for metric in where:
+        def compare(m: str, against: str, metric: str = metric) -> tuple[int, float, float, float, float]:
+            """``(n, diff, low, high, p)`` of m − against (n 0 and NaN where they share no unit)."""
+            if (metric, m, against) in result:
+                return result[(metric, m, against)]
+            if (metric, against, m) in result:
+                n, d, lo, hi, p = result[(metric, against, m)]
+                return n, -d, -hi, -lo, p
+            return 0, math.nan, math.nan, math.nan, math.nan
+
+        groups = rank_groups({m: result[(metric, m, None)][1] for m in ranked[metric]}, compare, hib[metric])
+        cells = out.setdefault(metric, {})
+        for (mm, m, other), (n, mean, lo, hi, _) in result.items():
+            if mm != metric or other is not None:
+                continue
+            g, versus = groups.get(m, (None, None))
+            extra = {} if versus is None else dict(zip(("against", "n_paired", "diff", "diff_low", "diff_high",
+                                                        "p_holm"), versus))
+            cells[m] = Cell(mean, (hi - lo) / 2, n, g, g == 1, m in controls, **extra)
+    return out
+
+
+def rank_groups(means: dict[str, float], compare: Any, higher_is_better: bool,
+                alpha: float = ALPHA) -> dict[str, tuple[int, tuple | None]]:
+    """Rank groups of one leaderboard column: ``{method: (group, comparison with the column's best or None)}``.
+
+    Group 1 holds the method with the best mean and every method not significantly worse than it: its paired
+    difference from the best (``compare(method, best)`` → ``(n, diff, low, high, p)``, as
+    ``sxbench.stats.paired_differences`` gives it) has a Holm-adjusted p ≥ ``alpha`` across the methods compared, or
+    favours the method. A difference without an interval (no common pair, too few clusters) does not show a method
+    worse. The others are grouped by the same rule: group 2 is the best of them and those not significantly worse
+    than it (Holm across those compared), and so on. The comparison returned, ``(against, n, diff, low, high,
+    p_holm)``, is the one with the column's best method (p Holm-adjusted across all methods compared with it), so a
+    cell can state its distance to the top; ``None`` for the best itself.
+
+    Args:
+        means: the methods to group (controls left out) and their means.
+        compare: ``compare(method, against)`` → ``(n, diff, low, high, p)`` with diff = method − against.
+        higher_is_better: the metric's direction.
+        alpha: the significance level.
+    """
+    from sxbench.stats import holm
+
+    remaining = sorted(means, key=lambda m: (-means[m] if higher_is_better else means[m], m))  # best first
+    worse_sign = -1.0 if higher_is_better else 1.0
+    out: dict[str, tuple[int, tuple | None]] = {}
+    versus_top: dict[str, tuple] = {}
+    group = 0
+    while remaining:
+        group += 1
+        best, rest = remaining[0], remaining[1:]
+        out[best] = (group, versus_top.get(best))
+        if not rest:
+            break
+        diffs = [compare(m, best) for m in rest]
+        p_holm = holm(d[4] for d in diffs)
+        worse = []
+        for m, (n, diff, lo, hi, _), p in zip(rest, diffs, p_holm):
+            if group == 1:
+                versus_top[m] = (best, n, diff, lo, hi, float(p))
+            if p < alpha and np.sign(diff) == worse_sign:
+                worse.append(m)
+            else:
+                out[m] = (group, versus_top.get(m))
+        remaining = worse
+    return out
 
 
 def _level_stats(values: pd.DataFrame, levels: Sequence[str], n_boot: int = 200,
@@ -335,14 +533,17 @@ the evaluator stored them): the report reads those statistics, it does not compu
 
 def _expert_section(routing: pd.DataFrame, set_values: pd.DataFrame, metric_infos: dict[str, dict[str, Any]],
                     fig_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
-    """The expert-utilization table and its figures.
+    """The expert-utilization tables and their figures.
 
     Numbers: the stored expert statistics (``set_values`` rows of group ``experts``, subset ``all``, one per method
     configuration and statistic, ``n`` its distinct styles), never recomputed here. Returns ``({"columns":
     [{metric, hib, description}], "rows": [{method, n_styles, num_experts, cells}], "missing": [{method, n_styles,
-    num_experts}]}, figures)``; ``missing``: methods with stored routing and no stored statistics. Figures: expert
-    usage by style family (a picture of the stored routing, drawn here) and the stored routing IoU per method."""
-    from sxbench.metrics.experts import EXPERT_METRICS, expert_stats
+    num_experts}], "chance": [{method, metric, hib, observed, chance, null, diff, lo, hi, excludes_zero, n}]},
+    figures)``; ``columns`` are the statistics (``sxbench.metrics.experts.DIRECTIONS``), ``chance`` their chance
+    levels and observed − chance with the null's 95% interval; ``missing``: methods with stored routing and no
+    stored statistics. Figures: expert usage by style family (a picture of the stored routing, drawn here) and the
+    stored routing IoU per method with its chance level."""
+    from sxbench.metrics.experts import DIRECTIONS, EXPERT_METRICS, NULL_DESCRIPTIONS, NULLS, usage_by_family
 
     ev = set_values[(set_values.metric_group == "experts") & (set_values.subset == "all")] if len(set_values) \
         else set_values
@@ -351,11 +552,10 @@ def _expert_section(routing: pd.DataFrame, set_values: pd.DataFrame, metric_info
     if not routed and not stored:
         return None, []
     log.info("report: expert section")
-    known = {m.info.name: m.info for m in EXPERT_METRICS}  # their order, directions and descriptions where none stored
-    order = {name: i for i, name in enumerate(known)}
-    names = sorted(set(ev.metric) if len(ev) else known, key=lambda n: (order.get(n, len(order)), n))
+    known = {m.info.name: m.info for m in EXPERT_METRICS}  # directions and descriptions where none stored
     hib = ev.groupby("metric").higher_is_better.first().to_dict() if len(ev) else {}
-    columns = [{"metric": n, "hib": bool(hib[n]) if n in hib else known[n].higher_is_better,
+    names = list(DIRECTIONS)  # the statistics; their chance levels get a table of their own
+    columns = [{"metric": n, "hib": bool(hib[n]) if n in hib else DIRECTIONS[n],
                 "description": metric_infos.get(n, {}).get("description") or getattr(known.get(n), "description", "")}
                for n in names]
     experts = routing.groupby("method").num_experts.first().to_dict() if len(routing) else {}
@@ -368,7 +568,19 @@ def _expert_section(routing: pd.DataFrame, set_values: pd.DataFrame, metric_info
     rows = [{"method": m, "n_styles": n_styles[m], "num_experts": experts.get(m),
              "cells": [cells[m].get(n) for n in names]} for m in stored]
     missing = [{"method": m, "n_styles": styles[m], "num_experts": experts[m]} for m in routed if m not in cells]
-    table = {"columns": columns, "rows": rows, "missing": missing}
+    chance = []
+    for m in stored:
+        for n in names:
+            got = {part: cells[m].get(f"{n}_{part}") for part in ("chance", "minus_chance", "minus_chance_lo",
+                                                                  "minus_chance_hi")}
+            if got["chance"] is None:
+                continue
+            lo, hi = got["minus_chance_lo"], got["minus_chance_hi"]
+            chance.append({"method": m, "metric": n, "hib": DIRECTIONS[n], "observed": cells[m].get(n),
+                           "chance": got["chance"], "null": NULL_DESCRIPTIONS[NULLS[n]], "diff": got["minus_chance"],
+                           "lo": lo, "hi": hi, "excludes_zero": lo is not None and hi is not None and (lo > 0 or hi < 0),
+                           "bias_corrected": n == "expert_family_mi", "n": n_styles[m]})
+    table = {"columns": columns, "rows": rows, "missing": missing, "chance": chance}
 
     import matplotlib
 
@@ -381,9 +593,7 @@ def _expert_section(routing: pd.DataFrame, set_values: pd.DataFrame, metric_info
     if routed:
         fig, axes = plt.subplots(1, len(routed), figsize=(6.5 * len(routed), 5), squeeze=False)
         for ax, (method, d) in zip(axes[0], routing.groupby("method", sort=True)):
-            with warnings.catch_warnings():  # only the usage table is drawn: the statistics' warnings (a NaN
-                warnings.simplefilter("ignore", RuntimeWarning)  # MI without families) are the evaluator's to raise
-                usage = expert_stats(d, int(d.num_experts.iloc[0])).usage_by_family
+            usage = usage_by_family(d, int(d.num_experts.iloc[0]))
             sns.heatmap(usage, ax=ax, cmap="viridis", vmin=0, cbar_kws={"label": "fraction of styles"})
             ax.set_title(f"{method}: expert usage by style family (mean over layers)")
             ax.set_xlabel("expert")
@@ -391,19 +601,34 @@ def _expert_section(routing: pd.DataFrame, set_values: pd.DataFrame, metric_info
         _save(fig, fig_dir / "expert_usage.png", 100)
         figs.append({"file": "figures/expert_usage.png", "caption": "How often each expert is chosen for the styles "
                                                                     "of each family (averaged over layers)."})
-    ious = [{"method": m, "pairs": kind, "IoU": cells[m].get(f"routing_iou_{kind}")}
-            for m in stored for kind in ("similar", "related", "dissimilar")]
-    if any(r["IoU"] is not None for r in ious):
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        sns.barplot(pd.DataFrame(ious).astype({"IoU": float}), x="method", y="IoU", hue="pairs", ax=ax)
-        ax.axhline(0.3318, ls="--", c="k", lw=0.8)
-        ax.axhline(0.1060, ls=":", c="k", lw=0.8)
-        ax.set_title("Routing IoU between styles (paper: 33.18% similar, 10.60% dissimilar)", fontsize=9)
+    kinds = ("similar", "related", "dissimilar")
+    with_iou = [m for m in stored if any(cells[m].get(f"routing_iou_{k}") is not None for k in kinds)]
+    if with_iou:
+        fig, ax = plt.subplots(figsize=(max(5.5, 1.6 * len(with_iou) + 2.5) + 1.6, 3.6))
+        width = 0.26
+        palette = sns.color_palette(n_colors=len(kinds))
+        for j, kind in enumerate(kinds):
+            xs = [i + (j - 1) * width for i in range(len(with_iou))]
+            ys = [cells[m].get(f"routing_iou_{kind}") for m in with_iou]
+            ax.bar(xs, [np.nan if y is None else y for y in ys], width * 0.95, color=palette[j], label=kind)
+            for x, m in zip(xs, with_iou):  # the chance level of that bar: the same IoU with the labels permuted
+                c = cells[m].get(f"routing_iou_{kind}_chance")
+                if c is not None:
+                    ax.hlines(c, x - width / 2, x + width / 2, colors="k", lw=2,
+                              label="chance" if (j, m) == (0, with_iou[0]) else None)
+        ax.set_xticks(range(len(with_iou)), with_iou)
+        ax.set_ylabel("routing IoU (higher: more shared experts)")
+        ax.axhline(0.3318, ls="--", c="grey", lw=0.8, label="paper: similar")
+        ax.axhline(0.1060, ls=":", c="grey", lw=0.8, label="paper: dissimilar")
+        ax.set_title("Routing IoU between styles, with its chance level", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
         fig.tight_layout()
         _save(fig, fig_dir / "routing_iou.png", 110)
         figs.append({"file": "figures/routing_iou.png",
-                     "caption": "Expert-set IoU for pairs of styles of the same family (similar), the same level "
-                                "(related) and different levels (dissimilar); dashed/dotted: the paper's figures."})
+                     "caption": "Expert-set IoU (pooled over layers) for pairs of styles of the same family (similar), "
+                                "the same level (related) and different levels (dissimilar). Black bars: chance, the "
+                                "same routing with the styles' labels permuted; dashed/dotted: the paper's figures, "
+                                "which a router at chance can reach (see the table of chance levels)."})
     return table, figs
 
 
@@ -485,10 +710,13 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         if m["name"] in present:
             groups.setdefault(m["group"], []).append(m)
     methods = sorted(samples.method.unique()) if len(samples) else []
+    # controls (identity, stylecopy, any method whose info says so) are reference rows: never ranked, listed last
+    controls = {label for key, label in labels.items() if is_control(method_infos.get(key, {"name": key[0]}))}
+    board_methods = [m for m in methods if m not in controls] + [m for m in methods if m in controls]
 
-    board = leaderboard(values)
-    by_split = leaderboard(values, "split")
-    by_level = leaderboard(values, "level")
+    log.info("report: leaderboard intervals and rank groups (%d bootstrap replicates)", REPORT_N_BOOT)
+    tables = leaderboards(values, (None, "split", "level"), controls=controls)
+    board, by_split, by_level = tables[None], tables["split"], tables["level"]
     splits = _known_first(values.split.unique(), SPLIT_ORDER)
     levels = _known_first(values.level.unique(), LEVEL_ORDER)
 
@@ -563,6 +791,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         undefined=jinja2.StrictUndefined,
     )
     set_table = _set_table(set_values)
+    coverage = _coverage(values, runs)
     log.info("report: writing index.html")
     html = env.get_template("index.html.j2").render(
         protocol=config.get("protocol", "?"), config=config, prov=prov, runs=runs.to_dict("records"),
@@ -572,6 +801,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         method_infos=infos, experts=experts, not_computed=NOT_COMPUTED, set_table=set_table, bench_rows=bench_rows,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
+        board_methods=board_methods, controls=controls, coverage=coverage, n_boot=REPORT_N_BOOT, alpha=ALPHA,
     )
     out = run_dir / "index.html"
     from sxbench.runner import atomic_write
@@ -579,6 +809,30 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     atomic_write(out, lambda fh: fh.write(html.encode("utf-8")))  # a temporary file of this process, then a rename
     log.info("report written to %s", out)
     return out
+
+
+def _coverage(values: pd.DataFrame, runs: pd.DataFrame) -> dict[str, Any]:
+    """What the leaderboard covers, from the values actually stored (a store pools every invocation that wrote to
+    it): ``{"pairs", "seeds", "protocols", "invocations": [{seeds, limit, n_pairs, protocol, count}]}``; ``pairs``
+    and ``seeds`` count pairs and seeds with at least one non-failed value, ``invocations`` the distinct
+    (protocol, seeds, ``--limit``, pairs selected) of the runs table, in order of first use."""
+    ok = values[values.value.notna()] if len(values) else values
+    unit = [c for c in ("protocol", "pair_id") if c in ok.columns]
+    invocations: dict[tuple, dict[str, Any]] = {}
+    for c in runs.config if len(runs) else []:
+        try:
+            config = json.loads(c) if isinstance(c, str) else {}
+        except json.JSONDecodeError:
+            config = {}
+        seeds = tuple(config.get("seeds") or ())
+        key = (config.get("protocol"), seeds, config.get("limit"), config.get("n_pairs"))
+        entry = invocations.setdefault(key, {"protocol": key[0], "seeds": list(seeds), "limit": key[2],
+                                             "n_pairs": key[3], "count": 0})
+        entry["count"] += 1
+    return {"pairs": len(ok[unit].drop_duplicates()) if len(ok) and unit else 0,
+            "seeds": sorted(int(x) for x in ok.seed.dropna().unique()) if len(ok) else [],
+            "protocols": sorted(str(x) for x in ok.protocol.dropna().unique()) if "protocol" in ok.columns else [],
+            "invocations": list(invocations.values())}
 
 
 def _file_names(folder: Path) -> set[str]:
@@ -627,31 +881,50 @@ def _method_cards(method_infos: dict[tuple[str, str], dict[str, Any]], cost: lis
     return cards
 
 
-def _set_table(sv: pd.DataFrame) -> dict[str, Any] | None:
-    """Set metric values as ``{"columns": [{metric, subset, hib}], "rows": {method: [{value, n, best}]}}``; the
-    expert statistics (group ``experts``) have their own table."""
+def _min_samples(metrics: Iterable[str]) -> dict[str, int]:
+    """Each set metric's ``min_samples`` (below it the evaluator stores no value), read from its registered class;
+    a metric this installation cannot load is left out."""
+    from sxbench import registry
+
+    out = {}
+    for name in metrics:
+        try:
+            n = getattr(registry.metrics.get(name), "min_samples", None)
+        except Exception as exc:  # a plugin that is not installed (or fails to import) must not stop the report
+            log.debug("report: no min_samples for set metric %s: %s", name, exc)
+            continue
+        if isinstance(n, int):
+            out[name] = n
+    return out
+
+
+def _set_table(sv: pd.DataFrame, min_samples: dict[str, int] | None = None) -> dict[str, Any] | None:
+    """Set metric values as ``{"columns": [{metric, subset, hib, min_n}], "rows": {method: [{value, n, too_small}]}}``;
+    the expert statistics (group ``experts``) have their own table. No cell is marked best: a set metric has one
+    value per method and subset and no interval, so nothing here says one method beats another. ``too_small``: the
+    set has fewer than the metric's ``min_samples`` (``min_samples``; where unknown, a stored value of NULL, which
+    the evaluator writes for such sets)."""
     if len(sv):
         sv = sv[sv.metric_group != "experts"]
     if not len(sv):
         return None
+    min_samples = _min_samples(sorted(sv.metric.unique())) if min_samples is None else min_samples
     cols = sorted({(r.metric, r.subset, bool(r.higher_is_better)) for r in sv.itertuples()},
                   key=lambda c: (c[0], c[1] != "all", c[1]))
     first: dict[tuple[str, str, str], Any] = {}  # (metric, subset, method) → its stored row (the first, as stored)
-    finite: dict[tuple[str, str], list[float]] = {}
     for r in sv.itertuples():
         first.setdefault((r.metric, r.subset, r.method), r)
-        if pd.notna(r.value):
-            finite.setdefault((r.metric, r.subset), []).append(r.value)
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in sorted(sv.method.unique())}
-    for metric, subset, hib in cols:
-        vals = finite.get((metric, subset))
-        best = (max(vals) if hib else min(vals)) if vals else None
+    for metric, subset, _ in cols:
+        floor = min_samples.get(metric)
         for method in rows:
             hit = first.get((metric, subset, method))
             v = hit.value if hit is not None and pd.notna(hit.value) else None
-            rows[method].append({"value": v, "n": int(hit.n) if hit is not None else 0,
-                                 "best": v is not None and v == best})
-    return {"columns": [{"metric": m, "subset": s, "hib": h} for m, s, h in cols], "rows": rows}
+            n = int(hit.n) if hit is not None else 0
+            too_small = hit is not None and (n < floor if floor is not None else v is None)
+            rows[method].append({"value": None if too_small else v, "n": n, "too_small": too_small})
+    return {"columns": [{"metric": m, "subset": s, "hib": h, "min_n": min_samples.get(m)} for m, s, h in cols],
+            "rows": rows}
 
 
 def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = None) -> Path:
@@ -693,4 +966,5 @@ def _defused(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**{c: df[c].map(defuse) for c in text}) if text else df
 
 
-__all__ = ["Cell", "config_labels", "export", "grid_pairs", "leaderboard", "mean_ci", "render"]
+__all__ = ["ALPHA", "Cell", "LEGACY_CONTROLS", "REPORT_N_BOOT", "config_labels", "export", "grid_pairs",
+           "is_control", "leaderboard", "leaderboards", "mean_ci", "rank_groups", "render"]
