@@ -262,3 +262,18 @@ def test_cli_run_report_and_export_with_user_strings(tmp_path, capsys):
     df = pd.read_csv(out / "results.csv")
     assert set(df[df.content_id.str.contains("cmd", regex=False)].content_id) == {"'" + FORMULA_ID + ".png"}
     capsys.readouterr()
+
+
+def test_failed_values_are_counted_per_method_and_metric(rendered):
+    """The page says how many values each mean leaves out (a judge's unparseable answers are stored this way)."""
+    _, html, written, *_ = rendered
+    text = html[html.index("<h2>Failed metric values</h2>"):]
+    for method in METHODS:
+        for metric in METRICS:
+            rows = [v for m, me, _, v in written if m == metric and me == method]
+            failed = sum(v is None for v in rows)
+            row = re.search(rf"<tr><td>{method}</td><td>{metric}</td><td[^>]*>(\d+)</td><td>(\d+)</td></tr>", text)
+            if failed:
+                assert row and row.groups() == (str(failed), str(len(rows))), (method, metric)
+            else:
+                assert row is None, (method, metric)

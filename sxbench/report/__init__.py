@@ -33,6 +33,16 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 """First characters that make a spreadsheet read a CSV cell as a formula (OWASP, CSV injection)."""
 
 
+def _failed_values(values: pd.DataFrame) -> list[dict[str, Any]]:
+    """``[{method, metric, failed, of}]`` for every (method, metric) with values stored as failed (NULL: the metric
+    returned NaN, e.g. a judge's unparseable answer), so a reader sees how many samples each mean leaves out."""
+    if values.empty:
+        return []
+    g = values.assign(failed=values.value.isna()).groupby(["method", "metric"]).failed.agg(["sum", "size"])
+    return [{"method": m, "metric": k, "failed": int(r["sum"]), "of": int(r["size"])}
+            for (m, k), r in g.iterrows() if r["sum"] > 0]
+
+
 def _backbone_label(backbone: str | None) -> dict[str, str]:
     """``{"backbone_label", "caveat"}`` of a stored ``name@sha`` backbone: which network and weights really
     computed the metric, and how they depart from what a reader would assume (``weights.Backbone``)."""
@@ -792,6 +802,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     )
     set_table = _set_table(set_values)
     coverage = _coverage(values, runs)
+    failed_values = _failed_values(values)
     log.info("report: writing index.html")
     html = env.get_template("index.html.j2").render(
         protocol=config.get("protocol", "?"), config=config, prov=prov, runs=runs.to_dict("records"),
@@ -802,6 +813,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
         board_methods=board_methods, controls=controls, coverage=coverage, n_boot=REPORT_N_BOOT, alpha=ALPHA,
+        failed_values=failed_values,
     )
     out = run_dir / "index.html"
     from sxbench.runner import atomic_write
