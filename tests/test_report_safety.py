@@ -277,3 +277,19 @@ def test_failed_values_are_counted_per_method_and_metric(rendered):
                 assert row and row.groups() == (str(failed), str(len(rows))), (method, metric)
             else:
                 assert row is None, (method, metric)
+
+
+def test_trade_off_axes_take_each_metrics_direction(monkeypatch, tmp_path):
+    """The fidelity axis of the trade-off figure says 'lower is better' for a lower-is-better metric."""
+    import matplotlib.axes
+
+    from sxbench import report
+
+    labels: list[str] = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel", lambda self, text, *a, **k: labels.append(text))
+    rows = [{"method": m, "split": "seen", "level": "color", "metric": metric, "value": v, "higher_is_better": hib,
+             "metric_group": group}
+            for m, v in (("a", 0.2), ("b", 0.4)) for metric, hib, group in (("dist", False, "fidelity"),
+                                                                         ("sim", True, "style"))]
+    report._figures(pd.DataFrame(rows), tmp_path)
+    assert "dist (lower is better)" in labels

@@ -525,8 +525,9 @@ def _figures(values: pd.DataFrame, fig_dir: Path) -> list[dict[str, str]]:
             fig, ax = plt.subplots(figsize=(5.2, 4))
             sns.scatterplot(data=piv, x=sty, y=fid, hue="method", style="split", s=90, ax=ax)
             hib_s = bool(values[values.metric == sty].higher_is_better.iloc[0])
+            hib_f = bool(values[values.metric == fid].higher_is_better.iloc[0])  # each axis takes its metric's direction
             ax.set_xlabel(f"{sty} ({'higher' if hib_s else 'lower'} is better)")
-            ax.set_ylabel(f"{fid} (higher is better)")
+            ax.set_ylabel(f"{fid} ({'higher' if hib_f else 'lower'} is better)")
             ax.set_title("Content fidelity vs style similarity")
             ax.legend(fontsize=7, loc="best")
             fig.tight_layout()
