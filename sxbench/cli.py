@@ -240,7 +240,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from sxbench.report import FORMULA_PREFIXES, config_labels
+    from sxbench.report import config_labels, defused
     from sxbench.stats import DIFF_COLUMNS, N_BOOT, paired_differences
     from sxbench.store import DB_NAME, Store
 
@@ -277,10 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                    for r in diffs[list(DIFF_COLUMNS)].to_dict(orient="records")]
         text = json.dumps(records, indent=2, ensure_ascii=False) + "\n"  # every digit (to_json keeps 10)
     else:  # a text cell a spreadsheet would run as a formula gets a leading ' (as `sxbench export` does)
-        defused = diffs.assign(**{c: diffs[c].map(lambda v: "'" + v if isinstance(v, str) and
-                                                  v.startswith(FORMULA_PREFIXES) else v)
-                                  for c in ("method", "against", "metric", "level", "split")})
-        text = defused[list(DIFF_COLUMNS)].to_csv(index=False)
+        text = defused(diffs[list(DIFF_COLUMNS)]).to_csv(index=False)
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,10 +141,6 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
-    def resolve(self, rel: str | os.PathLike) -> Path:
-        """A stored output path, inside the run folder (``contained``)."""
-        return contained(self.root, rel)
-
     def __enter__(self) -> "Store":
         return self
 

@@ -964,11 +964,11 @@ def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = No
                                   if c in sets.columns]]], ignore_index=True)
     out = Path(output) if output else run_dir / f"results.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    _defused(df).to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
+    defused(df).to_csv(out, index=False) if fmt == "csv" else df.to_parquet(out, index=False)
     return out
 
 
-def _defused(df: pd.DataFrame) -> pd.DataFrame:
+def defused(df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with every text cell that starts with one of ``FORMULA_PREFIXES`` prefixed by ``'`` (OWASP's advice
     against CSV injection: ids come from user manifests); numeric and boolean columns are left as they are, so a
     negative number stays a number."""
@@ -979,5 +979,5 @@ def _defused(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**{c: df[c].map(defuse) for c in text}) if text else df
 
 
-__all__ = ["ALPHA", "Cell", "LEGACY_CONTROLS", "REPORT_N_BOOT", "config_labels", "export", "grid_pairs",
+__all__ = ["ALPHA", "Cell", "LEGACY_CONTROLS", "REPORT_N_BOOT", "config_labels", "defused", "export", "grid_pairs",
            "is_control", "leaderboard", "leaderboards", "mean_ci", "rank_groups", "render"]
