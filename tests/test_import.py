@@ -72,15 +72,17 @@ def test_import_round_trip_equals_native_run(tmp_path, capsys):
     native, imp, tasks_csv = tmp_path / "native", tmp_path / "imported", tmp_path / "t" / "tasks.csv"
     # only the Inception (fid, kid), small: the full tiny_weights set takes 16 s to build
     weights = str(write_tiny_inception(tmp_path / "weights", channels=16, stride=8))
-    common = ["--protocol", "synth-smoke", "--seeds", "0,1", "--no-progress", "--weights-dir", weights,
-              "--metrics", ",".join(sorted(WEIGHT_FREE | {"fid", "kid"}))]  # 16 samples: enough for set metrics
+    # synth-lite at 32²: 56 pairs of 56 distinct styles (32 seen, 24 unseen), enough outputs and references for
+    # set metrics in every subset
+    common = ["--protocol", "synth-lite", "--resolution", "32", "--seeds", "0", "--no-progress", "--weights-dir",
+              weights, "--metrics", ",".join(sorted(WEIGHT_FREE | {"fid", "kid"}))]
     rc, _, _ = sx(capsys, "run", "--methods", "reinhard", "--out", str(native), *common)
     assert rc == 0
-    assert main(["tasks", "--protocol", "synth-smoke", "--seeds", "0,1", "--out", str(tasks_csv)]) == 0
+    assert main(["tasks", "--protocol", "synth-lite", "--resolution", "32", "--seeds", "0", "--out", str(tasks_csv)]) == 0
     write_outputs(tasks_csv, tmp_path / "outs")
     rc, out, err = sx(capsys, "import", str(tmp_path / "outs"), "--as", "reinhard-ext", "--out", str(imp),
                       "--reference", "Reinhard et al. 2001, run externally", *common)
-    assert rc == 0 and "16 imported as reinhard-ext, 0 already stored, 0 problem(s)" in out, out + err
+    assert rc == 0 and "56 imported as reinhard-ext, 0 already stored, 0 problem(s)" in out, out + err
     assert "import problem" not in err
 
     with Store(native) as s:
@@ -91,12 +93,13 @@ def test_import_round_trip_equals_native_run(tmp_path, capsys):
         samples = s.samples()
     assert set(a.metric) == set(b.metric) == WEIGHT_FREE
     a, b = (d.set_index(["pair_id", "seed", "metric"]).value.sort_index() for d in (a, b))
-    assert a.index.equals(b.index) and len(a) == 16 * len(WEIGHT_FREE)
+    assert a.index.equals(b.index) and len(a) == 56 * len(WEIGHT_FREE)
     assert np.max(np.abs(a.to_numpy() - b.to_numpy())) <= 1e-6
     sa, sb = (d.set_index(["metric", "subset"]).sort_index() for d in (sa, sb))
     assert set(sa.index.get_level_values("metric")) == {"fid", "kid"} and sa.index.equals(sb.index)
-    assert (sa.n == 16).any() and sa.n.equals(sb.n) and sa.value.notna().any()
-    assert np.allclose(sa.value.to_numpy(float), sb.value.to_numpy(float), atol=1e-6, equal_nan=True)
+    assert (sa.n == 56).any() and sa.n.equals(sb.n) and sa.value.notna().all()
+    for col in ("value", "ci_low", "ci_high", "std"):  # the same draws for both: the same intervals
+        assert np.allclose(sa[col].to_numpy(float), sb[col].to_numpy(float), atol=1e-6, equal_nan=True), col
     # stored like a native method's output: one info, images/<name>/<key>.png, version "imported"
     (info,) = infos.values()
     assert info["name"] == "reinhard-ext" and info["version"] == IMPORTED_VERSION and set(info["params"]) == {"digest"}
@@ -105,11 +108,12 @@ def test_import_round_trip_equals_native_run(tmp_path, capsys):
 
     # importing the same images again recomputes nothing; a run cannot regenerate them
     rc, out, _ = sx(capsys, "import", str(tmp_path / "outs"), "--as", "reinhard-ext", "--out", str(imp), *common)
-    assert "0 imported as reinhard-ext, 16 already stored" in out
-    rc, _, err = sx(capsys, "run", "--methods", "reinhard-ext", "--protocol", "synth-smoke", "--out", str(imp))
+    assert "0 imported as reinhard-ext, 56 already stored" in out
+    rc, _, err = sx(capsys, "run", "--methods", "reinhard-ext", "--protocol", "synth-lite", "--resolution", "32", "--out",
+                    str(imp))
     assert rc == 2 and "was imported" in err and "cannot be run" in err
     # a registered method's name is refused
-    rc, _, err = sx(capsys, "import", str(tmp_path / "outs"), "--as", "reinhard", "--protocol", "synth-smoke",
+    rc, _, err = sx(capsys, "import", str(tmp_path / "outs"), "--as", "reinhard", "--protocol", "synth-lite",
                     "--out", str(imp))
     assert rc == 2 and "registered method" in err
 

@@ -37,7 +37,7 @@ def test_every_pretrained_metric_is_checked():
     names = {n for n, _ in METRICS}
     assert {"dino_content", "dino_structure", "vgg_content_loss", "vgg_gram_style", "cfsd", "stlpips_content",
             "lpips_content", "clip_content", "csd_style", "dreamsim_style", "aesthetic", "vlm_semantic", "fid", "kid",
-            "artfid"} <= names
+            "artfid_st"} <= names
 
 
 @pytest.mark.parametrize(("name", "info"), METRICS, ids=[n for n, _ in METRICS])

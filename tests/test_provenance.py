@@ -141,8 +141,8 @@ def test_legacy_store_is_rehashed_on_open_and_clones_merge(tmp_path, caplog):
         sets = st.set_values()
         meta = dict(st.conn.execute("SELECT key, value FROM meta"))
     lines = [r.getMessage() for r in caplog.records if r.name == "sxbench.store"]
-    assert len(lines) == 2 and "2 configuration(s) rehashed, 1 merged" in lines[0] and "1 duplicate" in lines[0]
-    assert "migrated to schema 3" in lines[1]  # then the next step, in order
+    assert len(lines) == 3 and "2 configuration(s) rehashed, 1 merged" in lines[0] and "1 duplicate" in lines[0]
+    assert "migrated to schema 3" in lines[1] and "migrated to schema 4" in lines[2]  # then the next steps, in order
 
     new = MethodInfo("styleexpert", "1", base).config_hash
     assert set(methods) == {("styleexpert", new), ("reinhard", other.config_hash)}
@@ -162,7 +162,7 @@ def test_legacy_store_is_rehashed_on_open_and_clones_merge(tmp_path, caplog):
     assert set(values.sample_key) <= set(samples.sample_key)
     assert len(routing) == 6 and set(routing.sample_key) == {_key(new, p) for p in ("p1", "p2", "p3")}
     assert sets[["method_config", "value"]].values.tolist() == [[new, 7.5]]  # the kept clone's; recomputed later
-    assert meta["migrated_provenance"] == "2" and meta["schema_version"] == str(SCHEMA_VERSION) == "3"
+    assert meta["migrated_provenance"] == "2" and meta["schema_version"] == str(SCHEMA_VERSION) == "4"
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
         for table in ("metric_values", "routing"):
             assert conn.execute(f"SELECT COUNT(*) FROM {table} WHERE sample_key NOT IN "

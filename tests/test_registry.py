@@ -64,7 +64,7 @@ PAPER_METRICS = {  # the StyleExpert paper's scores, not in the README's table: 
 
 KNOWN_RANGES = {  # by definition
     "content_ssim": (-1.0, 1.0), "target_ssim": (-1.0, 1.0), "content_edge_f1": (0.0, 1.0),
-    "dino_content": (-100.0, 100.0), "fid": (0.0, math.inf), "artfid": (1.0, math.inf),  # (1 + d)·(1 + FID)
+    "dino_content": (-100.0, 100.0), "fid": (0.0, math.inf), "artfid_st": (1.0, math.inf),  # (1 + d)·(1 + FID)
     "style_color_swd": (0.0, math.inf), "style_gram": (0.0, math.inf), "vgg_gram_style": (0.0, math.inf),
 }
 

@@ -279,7 +279,7 @@ def test_set_metrics_show_n_never_a_best_and_too_small_sets(stores):
         assert tiny["sub"] == "n too small" and tiny["n"] == "(N=6)" and tiny["text"] == ""
         assert "best" not in full["class"] + tiny["class"]
     note = html[html.index("<h3>set metrics</h3>"):html.index("<table", html.index("<h3>set metrics</h3>"))]
-    assert "does not rank methods" in note and "they rank methods" not in note
+    assert "paired bootstrap difference" in note and "they rank methods" not in note
 
 
 def test_empty_cells():

@@ -204,31 +204,39 @@ def test_run_with_backbone_and_set_metrics_fills_report_and_export(tmp_path, tin
     import pandas as pd
 
     out = tmp_path / "r"
-    args = [*SX, "run", "--protocol", "synth-smoke", "--methods", "identity,stylecopy", "--seeds", "0,1", "--out", str(out),
-            "--metrics", "dino_content,vgg_gram_style,fid,kid,artfid", "--weights-dir", str(tiny_weights), "--no-progress"]
+    # 16 pairs of synth-lite (16 styles, 8 per split) at 64², two seeds: sets of 32 outputs, 16 distinct references
+    args = [*SX, "run", "--protocol", "synth-lite", "--limit", "16", "--resolution", "64", "--methods", "identity,stylecopy",
+            "--seeds", "0,1", "--out", str(out), "--metrics", "dino_content,vgg_gram_style,fid,kid,artfid_st",
+            "--weights-dir", str(tiny_weights), "--no-progress"]
     p = subprocess.run(args, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     subprocess.run([*SX, "export", str(out)], check=True, capture_output=True)
     df = pd.read_csv(out / "results.csv")
     sample = df[df.scope == "sample"]
-    # artfid pulls in its per-sample distance; every sample has every per-image metric
+    # artfid_st pulls in its per-sample distance; every sample has every per-image metric
     assert set(sample.metric) == {"dino_content", "vgg_gram_style", "stlpips_content"}
-    assert len(sample) == 2 * 16 * 3
+    assert len(sample) == 2 * 32 * 3
     assert sample.backbone.str.contains("@").all()
     sets = df[df.scope == "set"]
-    assert set(sets.metric) == {"fid", "kid", "artfid"}
-    full = sets[sets.split == "all"].set_index(["method", "metric"]).value
-    assert full["stylecopy", "fid"] == pytest.approx(0.0, abs=1e-3) and full["identity", "fid"] > 1.0
-    assert full["identity", "artfid"] > full["identity", "fid"]
-    assert sets[sets.split != "all"].value.isna().all(), "8 samples per split: below the minimum, no value"
+    assert set(sets.metric) == {"fid", "kid", "artfid_st"}
+    full = sets[sets.split == "all"].set_index(["method", "metric"])
+    assert (full.n == 32).all() and (full.n_ref == 16).all(), "2 seeds × 16 pairs against the 16 distinct styles"
+    # stylecopy: each reference twice (2 seeds) against it once; only the (n − 1) normalisations differ
+    assert full.value["stylecopy", "fid"] == pytest.approx(0.0, abs=1e-2) and full.value["identity", "fid"] > 1.0
+    assert full.value["identity", "artfid_st"] > full.value["identity", "fid"]
+    assert (full.ci_low <= full.value + 1e-6).all() and (full.value <= full.ci_high + 1e-6).all()
+    assert (full.ci_high > full.ci_low).loc["identity"].all()
+    assert full.loc[("identity", "kid"), "std"] > 0, "KID's subsets differ: a spread"
+    per_split = sets[sets.split != "all"]
+    assert per_split.value.isna().all() and (per_split.n_ref < 10).all(), "8 references per split: below 10, no value"
     html = (out / "index.html").read_text()
-    assert "set metrics" in html and "artfid" in html
+    assert "set metrics" in html and "artfid_st" in html and "R=16" in html
     # a second run computes nothing new for the unchanged sets: their rows are not rewritten (same rowids, same
     # `computed` times)
     before = _set_rows(out)
     assert len(before) == 2 * 3 * 3  # methods × set metrics × (all, split=seen, split=unseen)
     p = subprocess.run(args, capture_output=True, text=True)
-    assert p.returncode == 0 and "0 generated, 32 already stored" in p.stdout
+    assert p.returncode == 0 and "0 generated, 64 already stored" in p.stdout
     assert _set_rows(out) == before
 
 
@@ -240,19 +248,19 @@ def _set_rows(run_dir) -> list[tuple]:
 def test_set_metrics_are_recomputed_when_the_samples_change(tmp_path, tiny_weights):
     from sxbench.runner import RunConfig, Runner
 
-    def run(seeds: tuple[int, ...]) -> tuple:
-        Runner(RunConfig(protocol="synth-smoke", methods=("identity",), seeds=seeds, metrics=("fid",),
-                         out=tmp_path / "r", weights_dir=str(tiny_weights), progress=False)).run()
+    def run(seeds: tuple[int, ...]) -> tuple:  # 12 pairs with 12 distinct styles at 64²
+        Runner(RunConfig(protocol="synth-lite", protocol_args={"resolution": 64}, limit=12, methods=("identity",),
+                         seeds=seeds, metrics=("fid",), out=tmp_path / "r", weights_dir=str(tiny_weights),
+                         progress=False)).run()
         with closing(sqlite3.connect(tmp_path / "r" / "results.sqlite")) as con:
             return con.execute("SELECT value, n, samples_hash FROM set_values WHERE method = 'identity' AND "
                                "metric = 'fid' AND subset = 'all'").fetchone()
 
     one_seed = run((0,))
-    assert one_seed[:2] == (None, 8)  # 8 pairs: fewer than FID's minimum of 10 samples, no value
-    two_seeds = run((0, 1))  # 8 more samples, 16 in the set: recomputed, now with a value
-    assert two_seeds[1] == 16 and two_seeds[2] != one_seed[2]
-    assert two_seeds[0] is not None and two_seeds[0] > 0  # identity's outputs are the contents, not the styles
-    assert run((0,)) == one_seed  # the set of the first run again: its value, not the 16-sample one kept
+    assert one_seed[1] == 12 and one_seed[0] > 0  # identity's outputs are the contents, not the styles
+    two_seeds = run((0, 1))  # 12 more samples, 24 in the set: recomputed (its own hash, n and value)
+    assert two_seeds[1] == 24 and two_seeds[2] != one_seed[2] and two_seeds[0] != one_seed[0]
+    assert run((0,)) == one_seed  # the set of the first run again: its value, not the 24-sample one kept
 
 
 def test_default_metrics_without_weights_are_listed_as_not_run(tmp_path):

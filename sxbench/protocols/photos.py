@@ -20,7 +20,7 @@ CONTENTS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcy
 STYLES = ("brick.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "color.png")
 METRICS = ("content_ssim", "content_edge_f1", "style_color_swd", "style_gram",
            # pretrained backbones (`sxbench weights fetch default`); "not run" where the weights are missing
-           "dino_content", "dino_structure", "vgg_content_loss", "vgg_gram_style", "stlpips_content", "fid", "kid", "artfid")
+           "dino_content", "dino_structure", "vgg_content_loss", "vgg_gram_style", "stlpips_content", "fid", "kid", "artfid_st")
 
 
 def data_dir() -> Path:

@@ -54,7 +54,7 @@ SYNTH_METRICS = (
     "stlpips_content",
     "fid",
     "kid",
-    "artfid",
+    "artfid_st",
 )
 # Seed namespaces keep contents, reference scenes and style patterns independent.
 _CONTENT_NS, _REFERENCE_NS, _STYLE_NS = 1_000_003, 2_000_003, 3_000_017

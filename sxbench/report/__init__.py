@@ -703,6 +703,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         method_infos = store.methods()
         routing = store.routing()
         set_values = store.set_values()
+        set_replicates = store.set_replicates()
 
     # one row per stored configuration: a method run with other parameters (or retrained weights) is not pooled
     labels = config_labels(method_infos, list(samples[["method", "method_config"]].drop_duplicates().itertuples(
@@ -801,7 +802,10 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
-    set_table = _set_table(set_values)
+    replicates = {(labels.get((m, c), m), metric, subset): r for (m, c, metric, subset), r in set_replicates.items()}
+    set_table = _set_table(set_values, controls=controls, replicates=replicates)
+    from sxbench.metrics.sets import SET_N_BOOT
+
     coverage = _coverage(values, runs)
     failed_values = _failed_values(values)
     log.info("report: writing index.html")
@@ -813,7 +817,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         method_infos=infos, experts=experts, not_computed=NOT_COMPUTED, set_table=set_table, bench_rows=bench_rows,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
-        board_methods=board_methods, controls=controls, coverage=coverage, n_boot=REPORT_N_BOOT, alpha=ALPHA,
+        board_methods=board_methods, controls=controls, coverage=coverage, n_boot=REPORT_N_BOOT, alpha=ALPHA, set_n_boot=SET_N_BOOT,
         failed_values=failed_values,
     )
     out = run_dir / "index.html"
@@ -911,31 +915,66 @@ def _min_samples(metrics: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def _set_table(sv: pd.DataFrame, min_samples: dict[str, int] | None = None) -> dict[str, Any] | None:
-    """Set metric values as ``{"columns": [{metric, subset, hib, min_n}], "rows": {method: [{value, n, too_small}]}}``;
-    the expert statistics (group ``experts``) have their own table. No cell is marked best: a set metric has one
-    value per method and subset and no interval, so nothing here says one method beats another. ``too_small``: the
-    set has fewer than the metric's ``min_samples`` (``min_samples``; where unknown, a stored value of NULL, which
-    the evaluator writes for such sets)."""
+def _set_table(sv: pd.DataFrame, min_samples: dict[str, int] | None = None, *, controls: Iterable[str] = (),
+               replicates: dict[tuple[str, str, str], np.ndarray] | None = None) -> dict[str, Any] | None:
+    """Set metric values as ``{"columns": [{metric, subset, hib, min_n}], "rows": {method: [cell]}}``, a cell being
+    ``{value, n, n_ref, ci_low, ci_high, std, too_small, best}``; the expert statistics (group ``experts``) have their
+    own table.
+
+    ``too_small``: fewer outputs or distinct references than the metric's ``min_samples`` (where unknown, a stored
+    value of NULL, which the evaluator writes for such sets). ``best``: the column's best value among the methods that
+    are not ``controls``, marked only when its paired bootstrap difference from every other such method excludes 0
+    (``replicates``, ``(method label, metric, subset) → (B,)``, paired when their ``boot`` is the same; a method
+    without replicates, or with other draws, leaves the column without a best)."""
     if len(sv):
         sv = sv[sv.metric_group != "experts"]
     if not len(sv):
         return None
+    from sxbench.metrics.sets import percentile_interval
+
+    controls, replicates = set(controls), replicates or {}
     min_samples = _min_samples(sorted(sv.metric.unique())) if min_samples is None else min_samples
     cols = sorted({(r.metric, r.subset, bool(r.higher_is_better)) for r in sv.itertuples()},
                   key=lambda c: (c[0], c[1] != "all", c[1]))
     first: dict[tuple[str, str, str], Any] = {}  # (metric, subset, method) → its stored row (the first, as stored)
     for r in sv.itertuples():
         first.setdefault((r.metric, r.subset, r.method), r)
+
+    def num(row: Any, name: str) -> float | None:
+        v = getattr(row, name, None)
+        return float(v) if v is not None and pd.notna(v) else None
+
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in sorted(sv.method.unique())}
-    for metric, subset, _ in cols:
+    for metric, subset, hib in cols:
         floor = min_samples.get(metric)
+        cells = {}
         for method in rows:
             hit = first.get((metric, subset, method))
-            v = hit.value if hit is not None and pd.notna(hit.value) else None
-            n = int(hit.n) if hit is not None else 0
-            too_small = hit is not None and (n < floor if floor is not None else v is None)
-            rows[method].append({"value": None if too_small else v, "n": n, "too_small": too_small})
+            v = num(hit, "value")
+            n, n_ref = (int(hit.n) if hit is not None else 0), (num(hit, "n_ref") if hit is not None else None)
+            too_small = hit is not None and (min(n, n_ref if n_ref is not None else n) < floor if floor is not None
+                                             else v is None)
+            cells[method] = {"value": None if too_small else v, "n": n,
+                             "n_ref": int(n_ref) if n_ref is not None else None,
+                             "ci_low": None if too_small else num(hit, "ci_low"),
+                             "ci_high": None if too_small else num(hit, "ci_high"),
+                             "std": None if too_small else num(hit, "std"), "too_small": too_small, "best": False,
+                             "boot": getattr(hit, "boot", None) if hit is not None else None}
+        ranked = [m for m in rows if m not in controls and cells[m]["value"] is not None]
+        if len(ranked) >= 2:
+            best = (max if hib else min)(ranked, key=lambda m: cells[m]["value"])
+            rb = replicates.get((best, metric, subset))
+
+            def beats(other: str) -> bool:
+                ro = replicates.get((other, metric, subset))
+                if rb is None or ro is None or cells[other]["boot"] != cells[best]["boot"] or len(ro) != len(rb):
+                    return False
+                lo, hi = percentile_interval(cells[best]["value"] - cells[other]["value"], rb - ro)
+                return lo is not None and (lo > 0 if hib else hi < 0)
+
+            cells[best]["best"] = all(beats(o) for o in ranked if o != best)
+        for method in rows:
+            rows[method].append(cells[method])
     return {"columns": [{"metric": m, "subset": s, "hib": h, "min_n": min_samples.get(m)} for m, s, h in cols],
             "rows": rows}
 
@@ -944,7 +983,8 @@ def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = No
     """Write the long-format results table (one value per row) as CSV or Parquet. ``scope`` tells the rows
     apart: ``sample`` (one output), ``set`` (a method's outputs over a subset, ``split`` the subset) and ``experts``
     (a mixture method's expert statistics, ``split`` ``all``); ``n`` is how many outputs (styles, for experts).
-    A metric that failed on a sample has an empty ``value``. In CSV, a text cell a spreadsheet would run as a
+    Set rows also have ``n_ref`` (distinct references), ``ci_low``/``ci_high`` (95%, style-cluster bootstrap) and
+    ``std`` (KID's spread over subsets). A metric that failed on a sample has an empty ``value``. In CSV, a text cell a spreadsheet would run as a
     formula (``=cmd()``, see ``FORMULA_PREFIXES``) starts with a ``'``; Parquet keeps every value exact."""
     run_dir = Path(run_dir)
     if fmt not in ("csv", "parquet"):
@@ -960,7 +1000,8 @@ def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = No
             split=lambda d: d.split.str.removeprefix("split="),
             metric_version=sv.version, higher_is_better=sv.higher_is_better.astype(bool))
         df = pd.concat([df, sets[[c for c in ("method", "method_config", "split", "metric", "value", "higher_is_better",
-                                              "metric_group", "metric_version", "backbone", "scope", "n")
+                                              "metric_group", "metric_version", "backbone", "scope", "n", "n_ref",
+                                              "ci_low", "ci_high", "std")
                                   if c in sets.columns]]], ignore_index=True)
     out = Path(output) if output else run_dir / f"results.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
