@@ -39,6 +39,24 @@ def test_ssim_matches_skimage_gaussian_ssim():
     assert Fn.ssim(x, x).item() == pytest.approx(1.0, abs=1e-4)
 
 
+def test_ssim_is_torchmetrics_bit_for_bit():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(3)
+    for shape in [(1, 3, 64, 64), (4, 3, 37, 53), (2, 1, 16, 16)]:
+        x, y = torch.rand(*shape, generator=g), torch.rand(*shape, generator=g)
+        for b in (y, x * 0.75, x.double()):
+            ref = structural_similarity_index_measure(x, b, data_range=1.0, reduction="none").float()
+            assert torch.equal(Fn.ssim(x, b), ref), shape
+
+
+def test_color_quantiles_sort_is_torch_sort():
+    v = torch.randn(2, 5, 301, generator=torch.Generator().manual_seed(2))
+    v[0, 1, 7] = float("nan")
+    for t in (v, v.double()):
+        torch.testing.assert_close(Fn._sorted(t), t.sort(dim=-1).values, rtol=0, atol=0, equal_nan=True)
+
+
 def test_psnr_matches_skimage():
     x, y = _img(1), _img(2)
     ref = peak_signal_noise_ratio(x.numpy(), y.numpy(), data_range=1.0)

@@ -45,6 +45,17 @@ def test_inception_features(real_weights):
     assert _cos(a, b) > 0.75 and _cos(a, c) < _cos(a, b) - 0.2, (_cos(a, b), _cos(a, c))
 
 
+def test_inception_runs_eagerly_with_the_torchscript_graphs_features(real_weights):
+    from sxbench.backbones.inception import FIDInceptionV3
+
+    ext = load_extractor("inception", "cpu", real_weights)
+    assert isinstance(ext.module, FIDInceptionV3)
+    script = torch.jit.load(str(weights.check("inception", real_weights)[0]), map_location="cpu").eval()
+    x = torch.rand(3, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(ext.module(x), script(x))
+
+
 def test_dinov2_cls(real_weights):
     ext = load_extractor("dinov2-s", "cpu", real_weights)
     with torch.no_grad():

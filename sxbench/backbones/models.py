@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sxbench.backbones.inception import from_torchscript
+from sxbench.backbones.pooling import max_pool2d
 
 
 class FeatureExtractor(nn.Module):
@@ -81,7 +83,7 @@ class VGG19(FeatureExtractor):
                     out[f"relu{b}_{c}"] = x
                     if len(out) == len(set(wanted)):  # nothing deeper is needed (relu5_1: 3 of 16 convs saved)
                         return out
-            x = F.max_pool2d(x, 2)
+            x = max_pool2d(x, 2)  # F.max_pool2d's values, faster
         return out
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -127,14 +129,18 @@ class DINOv2(FeatureExtractor):
 
 # -------------------------------------------------------------------------------------- Inception
 class InceptionFID(FeatureExtractor):
-    """The TF FID Inception graph (TorchScript): pool3 features ``pool3`` ``(B, 2048)``, float64-ready."""
+    """The TF FID Inception graph (TorchScript): pool3 features ``pool3`` ``(B, 2048)``, float64-ready.
+
+    The graph runs as its eager twin (``sxbench.backbones.inception``: the same features bit for bit, faster
+    pooling) when the module is the real one.
+    """
 
     backbone = "inception"
     resolution = 299
 
     def __init__(self, module: torch.jit.ScriptModule) -> None:
         super().__init__()
-        self.module = module.eval()
+        self.module = from_torchscript(module).eval()
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.resize(images.clamp(0, 1), "bilinear")

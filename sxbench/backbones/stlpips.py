@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sxbench.backbones.pooling import MaxPool2d
+
 __all__ = ["STLPIPS", "BlurPool2d"]
 
 # Per-channel shift/scale that LPIPS applies to [-1, 1] inputs (ImageNet mean/std expressed in [-1, 1]).
@@ -79,8 +81,8 @@ def _conv(cin: int, cout: int, k: int = 3, pad: int = 1) -> list[nn.Module]:
 def _alex_slices() -> list[list[nn.Module]]:
     return [
         [nn.Conv2d(3, 64, 11, stride=1, padding=2), BlurPool2d(64), nn.ReLU(inplace=True)],
-        [nn.MaxPool2d(3, stride=1), BlurPool2d(64), *_conv(64, 192, 5, 2)],
-        [nn.MaxPool2d(3, stride=1), BlurPool2d(192), *_conv(192, 384)],
+        [MaxPool2d(3, stride=1), BlurPool2d(64), *_conv(64, 192, 5, 2)],
+        [MaxPool2d(3, stride=1), BlurPool2d(192), *_conv(192, 384)],
         _conv(384, 256),
         _conv(256, 256),
     ]
@@ -88,7 +90,7 @@ def _alex_slices() -> list[list[nn.Module]]:
 
 def _vgg_slices() -> list[list[nn.Module]]:
     def down(c: int) -> list[nn.Module]:
-        return [nn.MaxPool2d(2, stride=1), BlurPool2d(c)]
+        return [MaxPool2d(2, stride=1), BlurPool2d(c)]
 
     return [
         [*_conv(3, 64), *_conv(64, 64)],
