@@ -383,15 +383,14 @@ class Evaluator:
         log.info("set metrics (%s): %d method × subset cells, %d bootstrap replicates each",
                  ", ".join(m.info.name for m in self.set_metrics), len(todo), SET_N_BOOT)
         n = 0
-        draws: dict[str, tuple[list[str], np.ndarray]] = {}
+        draws: dict[str, tuple[dict[str, int], np.ndarray, str]] = {}  # subset → (style index, counts, boot id)
         for method, config, subset, rows, keys, ms in tqdm(todo, desc="set metrics", unit="set",
                                                               disable=not self.progress):
             if subset not in draws:
                 styles = self._style_list(subset)
-                draws[subset] = (styles, style_draws(len(styles)))
-            styles, counts = draws[subset]
-            index = {s: i for i, s in enumerate(styles)}
-            boot = f"style:{len(styles)}x{SET_N_BOOT}:{SET_SEED}:{stable_hash(styles, 12)}"
+                draws[subset] = ({s: i for i, s in enumerate(styles)}, style_draws(len(styles)),
+                                 f"style:{len(styles)}x{SET_N_BOOT}:{SET_SEED}:{stable_hash(styles, 12)}")
+            index, counts, boot = draws[subset]
             feats: dict[tuple[str, str], SetView] = {}
             view_values: dict[str, np.ndarray] = {}
             deps = {m.distance_metric for m in ms if m.distance_metric}

@@ -362,36 +362,41 @@ class Store:
     def _migrate_setup(self) -> None:
         """Schema 2 → 3: samples gain ``setup`` and ``resolution`` (``''`` and 0: unknown until the runner proves
         them, ``sxbench.runner.reconcile``), metric values gain ``weights``. One transaction; nothing is rewritten."""
-        if self._schema_version() >= 3:
-            return
-        with self._transaction():
-            if self._schema_version() >= 3:
-                return
-            have = {r[1] for r in self.conn.execute("PRAGMA table_info(samples)")}
-            if "setup" not in have:
-                self.conn.execute("ALTER TABLE samples ADD COLUMN setup TEXT NOT NULL DEFAULT ''")
-            if "resolution" not in have:
-                self.conn.execute("ALTER TABLE samples ADD COLUMN resolution INTEGER NOT NULL DEFAULT 0")
-            if "weights" not in {r[1] for r in self.conn.execute("PRAGMA table_info(metric_values)")}:
-                self.conn.execute("ALTER TABLE metric_values ADD COLUMN weights TEXT")
-            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3')")
-        log.info("%s: store migrated to schema 3 (samples record their protocol setup)", self.path)
+        def change() -> None:
+            self._add_columns("samples", (("setup", "TEXT NOT NULL DEFAULT ''"),
+                                          ("resolution", "INTEGER NOT NULL DEFAULT 0")))
+            self._add_columns("metric_values", (("weights", "TEXT"),))
+
+        self._schema_step(3, change, "samples record their protocol setup")
 
     def _migrate_set_intervals(self) -> None:
-        """Schema 3 → 4: ``set_values`` gains the interval columns (``_SET_EXTRA``), NULL for the rows it holds."""
-        if self._schema_version() >= 4:
+        """Schema 3 → 4: ``set_values`` gains the interval columns (``_SET_EXTRA``), NULL for the rows it holds;
+        the rows of renamed set metrics go (the next run computes them under the new name)."""
+        def change() -> None:
+            self._add_columns("set_values", _SET_EXTRA)
+            for old in RENAMED_SET_METRICS:
+                self.conn.execute("DELETE FROM set_values WHERE metric = ?", (old,))
+
+        self._schema_step(4, change, "set values with intervals")
+
+    def _schema_step(self, version: int, change: Any, what: str) -> None:
+        """Run ``change()`` and record schema ``version``, in one transaction, unless the store is at ``version``
+        already (checked again inside the transaction: another process may have migrated it meanwhile)."""
+        if self._schema_version() >= version:
             return
         with self._transaction():
-            if self._schema_version() >= 4:
+            if self._schema_version() >= version:
                 return
-            have = {r[1] for r in self.conn.execute("PRAGMA table_info(set_values)")}
-            for column, kind in _SET_EXTRA:
-                if column not in have:
-                    self.conn.execute(f"ALTER TABLE set_values ADD COLUMN {column} {kind}")
-            for old in RENAMED_SET_METRICS:  # recomputed under the new name by the next run
-                self.conn.execute("DELETE FROM set_values WHERE metric = ?", (old,))
-            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4')")
-        log.info("%s: store migrated to schema 4 (set values with intervals)", self.path)
+            change()
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(version),))
+        log.info("%s: store migrated to schema %d (%s)", self.path, version, what)
+
+    def _add_columns(self, table: str, columns: Iterable[tuple[str, str]]) -> None:
+        """``ALTER TABLE table ADD COLUMN`` each ``(name, declaration)`` the table lacks."""
+        have = {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns:
+            if name not in have:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     # -------------------------------------------------------------------------------------------- reads
     def write_set_value(self, method: str, method_config: str, info: MetricInfo, subset: str, value: float | None,

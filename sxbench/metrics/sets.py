@@ -145,15 +145,20 @@ def kid_subsets(a: np.ndarray, b: np.ndarray, subsets: int = 100, subset_size: i
     """Unbiased MMD² with kernel ``(x·y / D + 1)³`` of ``subsets`` random subsets (``kid_subset_size`` rows of
     each set, drawn without replacement): ``(subsets,)``."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if len(a) < 4 or len(b) < 4:
-        raise ValueError(f"KID needs at least 4 samples per set, got {len(a)} and {len(b)}")
     d = a.shape[1]
-    kxx, kyy, kxy = _poly(a @ a.T, d), _poly(b @ b.T, d), _poly(a @ b.T, d)
-    m = kid_subset_size(len(a), len(b), subset_size)
+    return kid_subsets_of_kernels(_poly(a @ a.T, d), _poly(b @ b.T, d), _poly(a @ b.T, d), subsets, subset_size, seed)
+
+
+def kid_subsets_of_kernels(kxx: np.ndarray, kyy: np.ndarray, kxy: np.ndarray, subsets: int = 100,
+                           subset_size: int = 1000, seed: int = 0) -> np.ndarray:
+    """``kid_subsets`` from the kernel matrices of the two sets (``_poly`` of their Gram matrices)."""
+    if len(kxx) < 4 or len(kyy) < 4:
+        raise ValueError(f"KID needs at least 4 samples per set, got {len(kxx)} and {len(kyy)}")
+    m = kid_subset_size(len(kxx), len(kyy), subset_size)
     rng = np.random.default_rng(seed)
     vals = np.empty(subsets)
     for s in range(subsets):
-        i, j = rng.choice(len(a), m, replace=False), rng.choice(len(b), m, replace=False)
+        i, j = rng.choice(len(kxx), m, replace=False), rng.choice(len(kyy), m, replace=False)
         x, y = kxx[np.ix_(i, i)], kyy[np.ix_(j, j)]
         vals[s] = ((x.sum() - np.trace(x)) / (m * (m - 1)) + (y.sum() - np.trace(y)) / (m * (m - 1))
                    - 2 * kxy[np.ix_(i, j)].mean())
@@ -307,13 +312,11 @@ class KID(SetMetric):
     subset_size: ClassVar[int] = 1000
 
     def evaluate(self, view):
-        a, b = view.outputs[self.backbone_name], view.styles[self.backbone_name]
-        vals = 1000.0 * kid_subsets(a, b, self.subsets, self.subset_size)
-        reps = None
+        d = view.outputs[self.backbone_name].shape[1]
+        kernels = [_poly(g, d) for g in view.grams(self.backbone_name)]  # one Gram pass for the value and replicates
+        vals = 1000.0 * kid_subsets_of_kernels(*kernels, self.subsets, self.subset_size)
         w = view.weights()
-        if w is not None:
-            d = a.shape[1]
-            reps = 1000.0 * kid_replicates(*(_poly(g, d) for g in view.grams(self.backbone_name)), *w)
+        reps = None if w is None else 1000.0 * kid_replicates(*kernels, *w)
         return SetResult(float(vals.mean()), float(vals.std()), reps)
 
     def compute(self, view):

@@ -802,10 +802,10 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         autoescape=jinja2.select_autoescape(["html", "j2"]),
         undefined=jinja2.StrictUndefined,
     )
-    replicates = {(labels.get((m, c), m), metric, subset): r for (m, c, metric, subset), r in set_replicates.items()}
-    set_table = _set_table(set_values, controls=controls, replicates=replicates)
     from sxbench.metrics.sets import SET_N_BOOT
 
+    replicates = {(labels.get((m, c), m), metric, subset): r for (m, c, metric, subset), r in set_replicates.items()}
+    set_table = _set_table(set_values, controls=controls, replicates=replicates)
     coverage = _coverage(values, runs)
     failed_values = _failed_values(values)
     log.info("report: writing index.html")
@@ -817,8 +817,8 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         method_infos=infos, experts=experts, not_computed=NOT_COMPUTED, set_table=set_table, bench_rows=bench_rows,
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
-        board_methods=board_methods, controls=controls, coverage=coverage, n_boot=REPORT_N_BOOT, alpha=ALPHA, set_n_boot=SET_N_BOOT,
-        failed_values=failed_values,
+        board_methods=board_methods, controls=controls, coverage=coverage, n_boot=REPORT_N_BOOT, alpha=ALPHA,
+        set_n_boot=SET_N_BOOT, failed_values=failed_values,
     )
     out = run_dir / "index.html"
     from sxbench.runner import atomic_write
@@ -984,8 +984,8 @@ def export(run_dir: str | Path, fmt: str = "csv", output: str | Path | None = No
     apart: ``sample`` (one output), ``set`` (a method's outputs over a subset, ``split`` the subset) and ``experts``
     (a mixture method's expert statistics, ``split`` ``all``); ``n`` is how many outputs (styles, for experts).
     Set rows also have ``n_ref`` (distinct references), ``ci_low``/``ci_high`` (95%, style-cluster bootstrap) and
-    ``std`` (KID's spread over subsets). A metric that failed on a sample has an empty ``value``. In CSV, a text cell a spreadsheet would run as a
-    formula (``=cmd()``, see ``FORMULA_PREFIXES``) starts with a ``'``; Parquet keeps every value exact."""
+    ``std`` (KID's spread over subsets). A metric that failed on a sample has an empty ``value``. In CSV, a text
+    cell a spreadsheet would run as a formula (``=cmd()``, see ``FORMULA_PREFIXES``) starts with a ``'``; Parquet keeps every value exact."""
     run_dir = Path(run_dir)
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"format must be csv or parquet, got {fmt!r}")
