@@ -19,6 +19,13 @@ AdaIN losses alone left a decoder that put out a flat pinkish wash after 1000 st
 loss kept at weight 1 during the AdaIN phase (as SANet's identity loss: α = 0 gives the content back), with the
 gradient norm clipped at 1.
 
+Training data: crops of the scikit-image photographs that no protocol evaluates on (``photos`` leaves out its 13
+pictures, their near-duplicates and any file with the same bytes; 11 remain, mostly grey-scale) and of synth
+scenes and seen-split styles rendered at the synth protocol's 128² and cropped to 64² without resizing, every
+parameter within ``splits.training_ranges()``. ``config.json`` records both (``training_data``) and
+``image_digests.txt`` a pixel digest of every training image; ``tests/test_splits.py`` and
+``tests/test_leakage.py`` check them against every protocol's styles and images.
+
 So short a training leaves a weak decoder: blurry, with little of the style's fine texture, and colours that
 stay too close to the content's. The last costs the most (the style's colours are the most visible part of the
 paper's results), so by default (``colour="style"``) the decoded image is given the style's Lab mean and
@@ -231,7 +238,7 @@ class TrainConfig:
     photo_fraction: float = 0.5
     """Share of contents drawn from the photographs (the rest: synth scenes)."""
     photo_style_fraction: float = 0.25
-    """Share of styles drawn from the pictures (the rest: seen-split synth styles)."""
+    """Share of styles drawn from the photographs (the rest: seen-split synth styles)."""
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 100
@@ -241,19 +248,25 @@ class TrainConfig:
     """Stop at this step with the state saved (as a killed run would), for splitting a run; not the schedule."""
 
 
-PHOTO_TEXTURES = ("brick.png", "grass.png", "gravel.png", "rough-wall.png", "hubble_deep_field.jpg", "ihc.png",
-                  "retina.jpg", "color.png", "lily.png")
-"""scikit-image bundled pictures used as styles (the rest of its bundled photos are contents)."""
+SYNTH_RENDER = 128
+"""Side the synth training images are rendered at: the synth protocol's, so that a 64² crop (taken without
+resizing) shows every pixel-scale style parameter as the benchmark's images do at the model's input."""
+DATA_VERSION = "2"
+"""Version of the training data (2: no photograph of any protocol, synth at the protocol's resolution within
+``splits.training_ranges()``); a resumed run must match it."""
 
 
-def _skimage_images() -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(contents, styles) from the photos scikit-image ships in its wheel (files only: nothing is fetched)."""
+def _skimage_images() -> tuple[list[np.ndarray], list[dict[str, str]]]:
+    """The photos scikit-image ships in its wheel (files only: nothing is fetched) that no protocol evaluates
+    on, with their names and sha256 (``sxbench.protocols.photos.is_evaluation_photo``: by name, near-duplicate and
+    file hash)."""
     from sxbench.imageio import ImageLoadError, load_image
-    from sxbench.protocols.photos import data_dir
+    from sxbench.protocols.photos import data_dir, is_evaluation_photo
+    from sxbench.records import file_sha256
 
-    contents, styles = [], []
+    images, sources = [], []
     for p in sorted(data_dir().iterdir()):
-        if p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        if p.suffix.lower() not in (".png", ".jpg", ".jpeg") or is_evaluation_photo(p):
             continue
         try:
             im = load_image(p)
@@ -261,33 +274,48 @@ def _skimage_images() -> tuple[list[np.ndarray], list[np.ndarray]]:
             continue
         if min(im.size) < 128:
             continue
-        (styles if p.name in PHOTO_TEXTURES else contents).append(np.asarray(im, np.float32) / 255.0)
-    return contents, styles
+        images.append(np.asarray(im, np.float32) / 255.0)
+        sources.append({"name": p.name, "sha256": file_sha256(p)})
+    return images, sources
 
 
 def _synth_images(cfg: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Training scenes (a seed range the protocols never use) and seen-split styles on them (held-out
-    families and the held-out parameter range stay unseen, as for StyleExpert)."""
+    """Training scenes (a seed range the protocols never use) and seen-split styles on them, at the protocol's
+    resolution, each parameter within ``splits.training_ranges()`` (held-out families and the held-out
+    parameter range stay unseen, kept apart on circles and after rounding, as for StyleExpert)."""
     from sxbench.protocols import synthgen
-    from sxbench.protocols.synth import SEEN_RANGE
+    from sxbench.protocols.splits import training_ranges
 
     rng = np.random.default_rng(cfg.seed + 77_000_001)
-    res = cfg.resolution
+    res = SYNTH_RENDER
+    ranges = training_ranges()
     contents = [synthgen.make_scene(90_000_000 + cfg.seed * 10_000 + i, res).image for i in range(cfg.n_synth_contents)]
     fams = [f for f in synthgen.FAMILIES.values() if not f.held_out]
     styles = []
     for i in range(cfg.n_synth_styles):
         fam = fams[i % len(fams)]
-        u = {name: float(rng.uniform(*SEEN_RANGE)) for name, _, _ in fam.params}
+        u = {name: float(rng.uniform(*ranges[fam.name][name])) for name, _, _ in fam.params}
         scene = synthgen.make_scene(95_000_000 + cfg.seed * 10_000 + i, res)
         styles.append(synthgen.apply_style(scene.image, fam.name, u, int(rng.integers(2**31))))
     return contents, styles
 
 
-def _crop(img: np.ndarray, res: int, rng: np.random.Generator) -> torch.Tensor:
-    """A random square crop (side between res and the shorter side, at most 2·res) resized to ``res``."""
+def training_record(photos: list[dict[str, str]]) -> dict[str, Any]:
+    """What the decoder is trained on (``splits.TrainingRecord``; its pixel digests go to ``image_digests.txt``)."""
+    from sxbench.protocols.splits import TrainingRecord, training_ranges
+
+    return TrainingRecord(render_resolution=SYNTH_RENDER, model_resolution=SYNTH_RENDER, ranges=training_ranges(),
+                          benchmark_input="native", image_digests=DIGESTS, photos=photos).to_json()
+
+
+DIGESTS = "image_digests.txt"
+
+
+def _crop(img: np.ndarray, res: int, rng: np.random.Generator, *, rescale: bool = True) -> torch.Tensor:
+    """A random square crop resized to ``res``: its side between res and the shorter side, at most 2·res
+    (``rescale``), or exactly ``res`` (no resize: pixel scales stay as rendered)."""
     h, w = img.shape[:2]
-    side = int(rng.integers(res, max(res, min(h, w, 2 * res)) + 1))
+    side = int(rng.integers(res, max(res, min(h, w, 2 * res)) + 1)) if rescale else res
     y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
     t = torch.from_numpy(np.ascontiguousarray(img[y : y + side, x : x + side])).permute(2, 0, 1)[None]
     if side != res:
@@ -371,7 +399,7 @@ resumed step on follows the new total)."""
 
 
 def _resume_key(cfg: TrainConfig) -> dict[str, str]:
-    return {k: str(getattr(cfg, k)) for k in RESUME_KEYS}
+    return {k: str(getattr(cfg, k)) for k in RESUME_KEYS} | {"data_version": DATA_VERSION}
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -405,18 +433,19 @@ def train(cfg: TrainConfig) -> Path:
         logger.info("resuming adain decoder training at step %d", step)
 
     t0 = time.perf_counter()
-    photo_c, photo_s = _skimage_images()
+    photos, photo_sources = _skimage_images()
     synth_c, synth_s = _synth_images(cfg)
-    logger.info("training data: %d photos + %d synth scenes as contents, %d pictures + %d synth styles as styles "
-                "(%.0f s)", len(photo_c), len(synth_c), len(photo_s), len(synth_s), time.perf_counter() - t0)
+    logger.info("training data: %d photos (none a protocol's), %d synth scenes as contents, %d synth styles as styles "
+                "(%.0f s)", len(photos), len(synth_c), len(synth_s), time.perf_counter() - t0)
     if step == 0:
-        dec.set_scales(channel_means(vgg, photo_c + photo_s, cfg.resolution, cfg.device, dec.style_layers))
-    pools = ((photo_c, synth_c), (photo_s, synth_s))
+        dec.set_scales(channel_means(vgg, photos, cfg.resolution, cfg.device, dec.style_layers))
+    pools = ((photos, synth_c), (photos, synth_s))
 
     def draw(pool: tuple[list[np.ndarray], list[np.ndarray]], frac: float, rng: np.random.Generator) -> torch.Tensor:
         photo, synth = pool  # photographs and synth: the decoder must reproduce both
-        src = photo if rng.random() < frac else synth
-        return _crop(src[int(rng.integers(len(src)))], cfg.resolution, rng)
+        if rng.random() < frac:
+            return _crop(photo[int(rng.integers(len(photo)))], cfg.resolution, rng)
+        return _crop(synth[int(rng.integers(len(synth)))], cfg.resolution, rng, rescale=False)
 
     bar = tqdm(total=cfg.steps, initial=step, desc="adain decoder", disable=not cfg.progress)
     while step < min(cfg.steps, cfg.stop_at or cfg.steps):
@@ -451,9 +480,14 @@ def train(cfg: TrainConfig) -> Path:
     bar.close()
     if step < cfg.steps:
         return out
+    from sxbench.imageio import array_to_pil
+    from sxbench.records import pixel_digest
+
     meta = {"command": REPRODUCE, "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "stop_at", "weights_dir")},
-            "final_loss": log[-1] if log else None}
+            "final_loss": log[-1] if log else None, "training_data": training_record(photo_sources)}
     folder = save_decoder(dec.eval(), out / "decoder", meta)
+    digests = [pixel_digest(array_to_pil(im)) for im in photos + synth_c + synth_s]
+    (folder / DIGESTS).write_text("\n".join(digests) + "\n")
     write_curve(log, folder / "train_log.json")
     return folder
 
@@ -469,7 +503,7 @@ def install(folder: Path, dest: Path = PACKAGED) -> Path:
     import shutil
 
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("decoder.safetensors", "config.json", "train_log.json"):
+    for name in ("decoder.safetensors", "config.json", "train_log.json", DIGESTS):
         if (folder / name).is_file():
             shutil.copy2(folder / name, dest / name)
     return dest

@@ -146,7 +146,9 @@ def add_train_command(subparsers: Any) -> None:
     t.add_argument("--lr", type=float, default=None, help="default: 1e-3 (tiny), 1e-4 (full, stage 2), 1e-5 (full, stage 1)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu")
-    t.add_argument("--resolution", type=int, default=None)
+    t.add_argument("--resolution", type=int, default=None, help="the model's training resolution (default the preset's)")
+    t.add_argument("--data-resolution", type=int, default=None,
+                   help="resolution the generated triplets are rendered at (default 128, the synth protocol's)")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     t.add_argument("--gradient-checkpointing", action="store_true")
     t.add_argument("--checkpoint-every", type=int, default=100)
@@ -185,7 +187,9 @@ def _cmd_train(args: Any) -> int:
             raise FileNotFoundError(f"{data}: no manifest.csv; write one with `sxbench data synth --out {data} --n N`")
         from sxbench.protocols.synth import write_triplets
 
-        res = args.resolution or (64 if args.preset == "tiny" else 1024)
+        # rendered at the benchmark's resolution (synth: 128) and resized on the way in as the plugin resizes the
+        # benchmark's images, so that pixel-scale style parameters mean the same at the model's input
+        res = args.data_resolution or (128 if args.preset == "tiny" else 1024)
         print(f"generating {args.n_data} training triplets (seen split, {res} px) in {data}")
         write_triplets(data, args.n_data, "seen", resolution=res, seed=1000 + args.seed, progress=not args.no_progress)
     full = args.preset == "full"
@@ -256,21 +260,42 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def _record(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A checkpoint's ``training_data`` in the current ``TrainingRecord`` form (fields added since filled in)."""
+    if not record:
+        return None
+    from sxbench.protocols.splits import TrainingRecord
+
+    return TrainingRecord.from_json(record).to_json()
+
+
 def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGED) -> list[Path]:
     """Copy trained stage-2 checkpoints into ``dest``, sharing one base (``dest/tiny-base``) to stay small."""
-    from styleexpert.io import load_checkpoint, save_checkpoint
+    from styleexpert.io import load_checkpoint, read_config, save_checkpoint
 
     written = []
     base_saved = False
     for v in variants:
         model = load_checkpoint(out / v)
         if not base_saved:
-            written.append(save_checkpoint(model, dest / "tiny-base", include_base=True,
-                                           metadata={"role": "shared base of the tiny methods", "command": REPRODUCE}))
+            base_meta = {"role": "shared base of the tiny methods", "command": REPRODUCE}
+            base_record = _record(read_config(out / "base").get("training_data")) if (out / "base" / "config.json").is_file() else None
+            if base_record:
+                base_meta["training_data"] = base_record
+            written.append(save_checkpoint(model, dest / "tiny-base", include_base=True, metadata=base_meta))
+            if base_record and base_record.get("image_digests"):
+                name = base_record["image_digests"]
+                (dest / "tiny-base" / name).write_bytes((out / "base" / name).read_bytes())
             base_saved = True
         meta = {"command": REPRODUCE, "train_log": f"{out / ('stage2-' + v)}/train_log.json"}
+        record = _record(read_config(out / v).get("training_data"))
+        if record:  # what the adapters were trained on (the split and leakage tests read it)
+            meta["training_data"] = record
         written.append(save_checkpoint(model, dest / STAGE2_METHODS[v], include_base=False, base_ref="../tiny-base",
                                        metadata=meta))
+        if record and record.get("image_digests"):
+            src = out / v / record["image_digests"]
+            (dest / STAGE2_METHODS[v] / record["image_digests"]).write_bytes(src.read_bytes())
         lineage = ("stage0", "stage1", f"stage2-{v}") if v == "moe" else (f"stage2-{v}",)
         for log_name in lineage:
             src = out / log_name / "train_log.json"

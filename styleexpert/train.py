@@ -361,9 +361,29 @@ def _preset(cfg: TrainConfig) -> dict[str, Any]:
     return get_preset(cfg.preset, cfg.overrides)
 
 
-def _finish(cfg: TrainConfig, model: StyleExpert, done: Path, metadata: dict[str, Any]) -> Path:
+def training_record(data: Path, model_resolution: int) -> dict[str, Any] | None:
+    """The data folder's ``training_data.json`` (``sxbench.protocols.splits.TrainingRecord``, written by
+    ``sxbench data synth``) with the resolution the model saw the images at; None for a folder without one."""
+    from sxbench.protocols.synth import TRAINING_RECORD
+
+    from sxbench.protocols.splits import TrainingRecord
+
+    path = data / TRAINING_RECORD
+    if not path.is_file():
+        return None
+    record = TrainingRecord.from_json(json.loads(path.read_text()))
+    return (record.to_json() | {"model_resolution": model_resolution, "benchmark_input": "resize"})
+
+
+def _finish(cfg: TrainConfig, model: StyleExpert, done: Path, metadata: dict[str, Any],
+            resolution: int | None = None) -> Path:
     if cfg.main:
-        save_checkpoint(model, done, metadata=metadata | {"world_size": cfg.world})
+        record = training_record(cfg.data, resolution) if resolution else None
+        extra = {"training_data": record} if record else {}
+        save_checkpoint(model, done, metadata=metadata | extra | {"world_size": cfg.world})
+        if record and record.get("image_digests"):
+            digests = cfg.data / record["image_digests"]
+            (done / record["image_digests"]).write_bytes(digests.read_bytes())
     _barrier(cfg)
     return done
 
@@ -410,7 +430,7 @@ def stage0(cfg: TrainConfig) -> Path | None:
         return None
     for p in params.values():
         p.requires_grad_(False)
-    return _finish(cfg, model, done, {"stage": 0})
+    return _finish(cfg, model, done, {"stage": 0}, data_res)
 
 
 def stage1(cfg: TrainConfig, base: Path) -> Path | None:
@@ -449,7 +469,7 @@ def stage1(cfg: TrainConfig, base: Path) -> Path | None:
     if not _loop(cfg, "stage1", params, loss_fn, cfg.lr, options):
         return None
     enc.projector.requires_grad_(False)
-    return _finish(cfg, model, done, {"stage": 1, "families": data.families})
+    return _finish(cfg, model, done, {"stage": 1, "families": data.families}, data_res)
 
 
 def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> Path | None:
@@ -483,4 +503,4 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
     options = resume_key(cfg, model, resolution=data_res, timesteps=cfg.timestep_sampling)
     if not _loop(cfg, f"stage2-{variant}", params, loss_fn, cfg.lr, options):
         return None
-    return _finish(cfg, model, done, {"stage": 2})
+    return _finish(cfg, model, done, {"stage": 2}, data_res)

@@ -43,6 +43,17 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def pixel_digest(image: Any) -> str:
+    """Digest (16 hex) of an image's pixels as 8-bit RGB with its size: the same picture gives the same digest
+    whatever file format or metadata carried it (a PIL image or an ``(H, W, 3)`` uint8 array)."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.uint8))
+    h = hashlib.sha256(f"{arr.shape}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """What identifies a method's outputs: two runs with equal infos produce the same images."""

@@ -23,11 +23,33 @@ METRICS = ("content_ssim", "content_edge_f1", "style_color_swd", "style_gram",
            "dino_content", "dino_structure", "vgg_content_loss", "vgg_gram_style", "stlpips_content", "fid", "kid", "artfid_st")
 
 
+NEAR_DUPLICATES = {"motorcycle_right.png": "motorcycle_left.png"}
+"""Bundled pictures of the same scene as an evaluated one (a stereo pair): kept out of training like it."""
+
+
 def data_dir() -> Path:
     """Folder of scikit-image's bundled sample images."""
     import skimage
 
     return Path(skimage.__file__).parent / "data"
+
+
+def evaluation_files() -> list[Path]:
+    """The bundled files this protocol evaluates on (contents and styles)."""
+    return [data_dir() / n for n in CONTENTS + STYLES]
+
+
+def is_evaluation_photo(path: Path) -> bool:
+    """Whether a file is one this protocol evaluates on: by name, as a near-duplicate of one, or by its bytes'
+    sha256 (a renamed copy). Trained methods leave these out of their training data."""
+    if path.name in CONTENTS + STYLES or path.name in NEAR_DUPLICATES:
+        return True
+    return file_sha256(path) in _evaluation_sha256()
+
+
+@lru_cache(maxsize=1)
+def _evaluation_sha256() -> frozenset[str]:
+    return frozenset(file_sha256(p) for p in evaluation_files() if p.is_file())
 
 
 class PhotosProtocol(Protocol):

@@ -30,13 +30,13 @@ from PIL import Image
 from sxbench.imageio import array_to_pil
 from sxbench.interfaces import PairSpec, Protocol, ProtocolSpec
 from sxbench.protocols import synthgen
+from sxbench.protocols.splits import HELD_OUT_RANGE, SEEN_RANGE, TrainingRecord, training_ranges
 from sxbench.protocols.synthgen import FAMILIES, LEVELS
+from sxbench.records import pixel_digest
 
 log = logging.getLogger(__name__)
 
 VERSION = "1"
-SEEN_RANGE = (0.0, 0.7)
-HELD_OUT_RANGE = (0.8, 1.0)
 SYNTH_METRICS = (
     "content_ssim",
     "content_edge_f1",
@@ -271,13 +271,25 @@ def training_scene_seeds(index: int, seed: int = 0) -> tuple[int, int]:
     return content, content + 1
 
 
+TRAINING_RECORD = "training_data.json"
+"""Written beside a triplet folder's manifest: a ``splits.TrainingRecord`` of what the triplets cover."""
+IMAGE_DIGESTS = "image_digests.txt"
+"""One ``records.pixel_digest`` per line: every image of a training set (the leakage test reads it)."""
+
+
 def write_triplets(out: Path, n: int, split: str, *, resolution: int = 128, seed: int = 0, progress: bool = True) -> Path:
     """Write ``n`` training triplets of ``split`` (``seen``, ``unseen`` or ``all``) under ``out``.
 
     Layout: ``content/``, ``style/``, ``target/``, ``masks/`` (class masks, PNG ``L``), ``edges/`` and a
     ``manifest.csv`` readable by the ``folder`` protocol (columns ``pair_id, content, style, target, split,
     level, family, params``). Styles are sampled afresh (seed-dependent) so the set is larger than the
-    benchmark's; contents use a seed namespace disjoint from the benchmark's.
+    benchmark's; contents use a seed namespace disjoint from the benchmark's. Seen triplets draw from
+    ``splits.training_ranges()`` (the seen range, kept apart from the held-out one on circles and after
+    rounding). ``resolution`` should be the benchmark's (128): a model that works smaller resizes them on the
+    way in as it resizes the benchmark's images, so pixel-scale parameters mean the same at its input.
+
+    Beside the manifest: ``training_data.json`` (the ``u`` ranges drawn from and the render resolution) and
+    ``image_digests.txt`` (a pixel digest of every image written), which trained checkpoints carry.
 
     Returns:
         The manifest path.
@@ -288,6 +300,9 @@ def write_triplets(out: Path, n: int, split: str, *, resolution: int = 128, seed
         raise ValueError(f"split must be seen, unseen or all, got {split!r}")
     rng = np.random.Generator(np.random.PCG64(seed + 97))
     fams = [f for f in FAMILIES.values() if split == "all" or (f.held_out == (split == "unseen"))]
+    seen_ranges = training_ranges([f.name for f in fams if not f.held_out])
+    covered: dict[str, dict[str, tuple[float, float]]] = {}
+    digests: list[str] = []
     for sub in ("content", "style", "target", "masks", "edges"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.csv"
@@ -301,23 +316,35 @@ def write_triplets(out: Path, n: int, split: str, *, resolution: int = 128, seed
             elif split == "unseen" or (split == "all" and rng.random() < 0.2):
                 pair_split, primary = "unseen", HELD_OUT_RANGE
             else:
-                pair_split, primary = "seen", SEEN_RANGE
-            u = {p: float(rng.uniform(*(primary if k == 0 else ((0.0, 1.0) if pair_split == "unseen" else SEEN_RANGE))))
-                 for k, (p, _, _) in enumerate(fam.params)}
+                pair_split, primary = "seen", seen_ranges[fam.name][fam.params[0][0]]
+            ranges = {p: (primary if k == 0 else ((0.0, 1.0) if pair_split == "unseen" else seen_ranges[fam.name][p]))
+                      for k, (p, _, _) in enumerate(fam.params)}
+            u = {p: float(rng.uniform(*ranges[p])) for p in ranges}
+            cover = covered.setdefault(fam.name, {})
+            for p, (lo, hi) in ranges.items():
+                c = cover.get(p, (lo, hi))
+                cover[p] = (min(c[0], lo), max(c[1], hi))
             style_seed = int(rng.integers(2**31))
             scene_seed, ref_seed = training_scene_seeds(i, seed)
             scene = synthgen.make_scene(scene_seed, resolution)
             ref = synthgen.make_scene(ref_seed, resolution)
             pid = f"t{i:06d}"
-            array_to_pil(scene.image).save(out / "content" / f"{pid}.png")
-            array_to_pil(synthgen.apply_style(ref.image, fam.name, u, style_seed + 1)).save(out / "style" / f"{pid}.png")
-            array_to_pil(synthgen.apply_style(scene.image, fam.name, u, style_seed)).save(out / "target" / f"{pid}.png")
+            images = {"content": array_to_pil(scene.image),
+                      "style": array_to_pil(synthgen.apply_style(ref.image, fam.name, u, style_seed + 1)),
+                      "target": array_to_pil(synthgen.apply_style(scene.image, fam.name, u, style_seed))}
+            for sub, im in images.items():
+                im.save(out / sub / f"{pid}.png")
+                digests.append(pixel_digest(im))
             Image.fromarray(scene.classes).save(out / "masks" / f"{pid}.png")
             Image.fromarray(scene.edges.astype(np.uint8) * 255).save(out / "edges" / f"{pid}.png")
             w.writerow([pid, f"content/{pid}.png", f"style/{pid}.png", f"target/{pid}.png", pair_split, fam.level,
                         fam.name, json.dumps({"u": u, "seed": style_seed})])
+    (out / IMAGE_DIGESTS).write_text("\n".join(digests) + "\n")
+    record = TrainingRecord(render_resolution=resolution, model_resolution=resolution, ranges=covered,
+                            image_digests=IMAGE_DIGESTS)
+    (out / TRAINING_RECORD).write_text(json.dumps(record.to_json(), indent=1))
     return manifest
 
 
-__all__ = ["LEVELS", "SynthProtocol", "StyleSpec", "make_styles", "synth", "synth_smoke", "training_scene_seeds",
+__all__ = ["HELD_OUT_RANGE", "IMAGE_DIGESTS", "LEVELS", "SEEN_RANGE", "TRAINING_RECORD", "SynthProtocol", "StyleSpec", "make_styles", "synth", "synth_smoke", "training_scene_seeds",
            "write_triplets"]

@@ -402,6 +402,38 @@ def rank_groups(means: dict[str, float], compare: Any, higher_is_better: bool,
     return out
 
 
+NOVELTY_LABELS = {"new_family": "unseen: new family", "new_range": "unseen: new range"}
+"""Column titles of the kinds of unseen pair (``sxbench.stats.novelty``)."""
+
+
+def _novelty_gaps(values: pd.DataFrame, n_boot: int = REPORT_N_BOOT,
+                  seed: int = 0) -> dict[str, dict[str, dict[str, Any]]] | None:
+    """The seen-vs-unseen gaps by kind of unseen pair: ``{metric: {method: {"seen": {mean, n}, "new_family": {mean,
+    n, gap, ci_low, ci_high}, "new_range": {…}}}}`` from ``sxbench.stats.split_gap`` (gap = that kind's mean − the
+    seen mean, 95% two-way cluster bootstrap interval), or ``None`` unless ``values`` holds seen pairs and both kinds
+    of unseen pair (``sxbench.stats.novelty``: a family with no seen pair, or a seen family's held-out range)."""
+    from sxbench.stats import NEW_FAMILY, NEW_RANGE, SEEN, novelty, split_gap
+
+    if values.empty or not {"split", "family"} <= set(values.columns):
+        return None
+    kinds = novelty(values)
+    if not {SEEN, NEW_FAMILY, NEW_RANGE} <= set(kinds.dropna()):
+        return None
+    log.info("report: seen-vs-unseen gaps by kind of unseen pair")
+    gaps = split_gap(values.assign(novelty=kinds), a=SEEN, b=(NEW_FAMILY, NEW_RANGE), n_boot=n_boot, seed=seed)
+
+    def number(v: Any) -> float | None:
+        return float(v) if pd.notna(v) else None
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in gaps.itertuples(index=False):
+        cell = out.setdefault(str(r.metric), {}).setdefault(str(r.method), {})
+        cell.setdefault(SEEN, {"mean": number(r.mean_a), "n": int(r.n_a)})
+        cell[r.group] = {"mean": number(r.mean_b), "n": int(r.n_b), "gap": number(r.gap),
+                         "ci_low": number(r.ci_low), "ci_high": number(r.ci_high)}
+    return out
+
+
 def _level_stats(values: pd.DataFrame, levels: Sequence[str], n_boot: int = 200,
                  seed: int = 0) -> dict[tuple[str, str], list[tuple[int, float, float, float]]]:
     """``{(metric, method): [(level index, mean, CI low, CI high)]}`` over the non-NaN values of each (metric,
@@ -731,6 +763,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     board, by_split, by_level = tables[None], tables["split"], tables["level"]
     splits = _known_first(values.split.unique(), SPLIT_ORDER)
     levels = _known_first(values.level.unique(), LEVEL_ORDER)
+    novelty_gaps = _novelty_gaps(values)
 
     ok = samples[samples.status == "ok"]
     errors = samples[samples.status == "error"]
@@ -818,7 +851,7 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         skipped_metrics=prov.get("skipped_metrics", {}), input_errors=prov.get("input_errors", []),
         failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
         board_methods=board_methods, controls=controls, coverage=coverage, n_boot=REPORT_N_BOOT, alpha=ALPHA,
-        set_n_boot=SET_N_BOOT, failed_values=failed_values,
+        set_n_boot=SET_N_BOOT, failed_values=failed_values, novelty_gaps=novelty_gaps, novelty_labels=NOVELTY_LABELS,
     )
     out = run_dir / "index.html"
     from sxbench.runner import atomic_write
