@@ -214,6 +214,9 @@ class AdaIN(Method):
 
 
 # ---------------------------------------------------------------------------------------- training
+SYNTH_RENDER = 128
+"""Side the synth training images are rendered at: the synth protocol's, so that a 64² crop (taken without
+resizing) shows every pixel-scale style parameter as the benchmark's images do at the model's input."""
 @dataclass
 class TrainConfig:
     out: Path
@@ -239,6 +242,9 @@ class TrainConfig:
     """Share of contents drawn from the photographs (the rest: synth scenes)."""
     photo_style_fraction: float = 0.25
     """Share of styles drawn from the photographs (the rest: seen-split synth styles)."""
+    synth_render: int = SYNTH_RENDER
+    """Side the synth images are rendered at (crops of ``resolution`` are taken without resizing); the split holds
+    only at the synth protocol's own 128²."""
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 100
@@ -248,9 +254,6 @@ class TrainConfig:
     """Stop at this step with the state saved (as a killed run would), for splitting a run; not the schedule."""
 
 
-SYNTH_RENDER = 128
-"""Side the synth training images are rendered at: the synth protocol's, so that a 64² crop (taken without
-resizing) shows every pixel-scale style parameter as the benchmark's images do at the model's input."""
 DATA_VERSION = "2"
 """Version of the training data (2: no photograph of any protocol, synth at the protocol's resolution within
 ``splits.training_ranges()``); a resumed run must match it."""
@@ -287,7 +290,7 @@ def _synth_images(cfg: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray]]
     from sxbench.protocols.splits import training_ranges
 
     rng = np.random.default_rng(cfg.seed + 77_000_001)
-    res = SYNTH_RENDER
+    res = cfg.synth_render
     ranges = training_ranges()
     contents = [synthgen.make_scene(90_000_000 + cfg.seed * 10_000 + i, res).image for i in range(cfg.n_synth_contents)]
     fams = [f for f in synthgen.FAMILIES.values() if not f.held_out]
@@ -300,11 +303,11 @@ def _synth_images(cfg: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray]]
     return contents, styles
 
 
-def training_record(photos: list[dict[str, str]]) -> dict[str, Any]:
+def training_record(cfg: TrainConfig, photos: list[dict[str, str]]) -> dict[str, Any]:
     """What the decoder is trained on (``splits.TrainingRecord``; its pixel digests go to ``image_digests.txt``)."""
     from sxbench.protocols.splits import TrainingRecord, training_ranges
 
-    return TrainingRecord(render_resolution=SYNTH_RENDER, model_resolution=SYNTH_RENDER, ranges=training_ranges(),
+    return TrainingRecord(render_resolution=cfg.synth_render, model_resolution=cfg.synth_render, ranges=training_ranges(),
                           benchmark_input="native", image_digests=DIGESTS, photos=photos).to_json()
 
 
@@ -393,7 +396,7 @@ def _step_loss(cfg: TrainConfig, step: int, vgg, dec: Decoder, c: torch.Tensor,
 
 
 RESUME_KEYS = ("layer", "width", "resolution", "batch_size", "warmup_steps", "warmup_lr", "lr", "style_weight",
-               "identity_weight", "grad_clip", "seed")
+               "identity_weight", "grad_clip", "seed", "synth_render")
 """Options a resumed run must share with the state it resumes (``steps`` may change: the learning rate from the
 resumed step on follows the new total)."""
 
@@ -484,7 +487,7 @@ def train(cfg: TrainConfig) -> Path:
     from sxbench.records import pixel_digest
 
     meta = {"command": REPRODUCE, "config": {k: v for k, v in asdict(cfg).items() if k not in ("out", "progress", "stop_at", "weights_dir")},
-            "final_loss": log[-1] if log else None, "training_data": training_record(photo_sources)}
+            "final_loss": log[-1] if log else None, "training_data": training_record(cfg, photo_sources)}
     folder = save_decoder(dec.eval(), out / "decoder", meta)
     digests = [pixel_digest(array_to_pil(im)) for im in photos + synth_c + synth_s]
     (folder / DIGESTS).write_text("\n".join(digests) + "\n")
