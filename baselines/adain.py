@@ -32,9 +32,11 @@ paper's results), so by default (``colour="style"``) the decoded image is given 
 standard deviation, with strength α (Reinhard et al.'s transfer, as ``reinhard`` does; Gatys et al. 2017
 control colour the same way, in the other direction). ``colour="decoder"`` keeps the decoder's own colours, as
 the paper does. On the synth protocol's 224 pairs (``benchmarks/neural_baselines.md``), ``style_gram`` texture / material /
-stroke: ``colour=style`` 0.371 / 0.203 / 0.618, ``colour=decoder`` 0.607 / 0.276 / 0.819 (``reinhard``: 0.559 /
-0.389 / 1.242). Training longer or weighting colour more did not close the gap (600 more steps: 0.601; also
-``relu1_1`` ×10 in the style loss: 0.577; also a Lab mean/std loss on the output: 0.577).
+stroke with ``colour=style``: 0.513 / 0.339 / 1.247 (``reinhard``: 0.559 / 0.389 / 1.242; no paired difference
+excludes 0). The previous decoder, trained on the photos protocol's own pictures, had 0.371 / 0.203 / 0.618
+(``colour=decoder`` 0.607 / 0.276 / 0.819): the advantage came from those textures as training styles. Training
+longer or weighting colour more did not close that decoder's colour gap (600 more steps: 0.601; also ``relu1_1``
+×10 in the style loss: 0.577; also a Lab mean/std loss on the output: 0.577).
 """
 
 from __future__ import annotations
