@@ -59,6 +59,7 @@ from torch import nn
 from baselines.reinhard import reinhard_tensor
 from sxbench.imageio import to_tensor
 from sxbench.interfaces import Method
+from sxbench.protocols.synth import IMAGE_DIGESTS as DIGESTS
 
 logger = logging.getLogger(__name__)
 
@@ -311,9 +312,6 @@ def training_record(cfg: TrainConfig, photos: list[dict[str, str]]) -> dict[str,
 
     return TrainingRecord(render_resolution=cfg.synth_render, model_resolution=cfg.synth_render, ranges=training_ranges(),
                           benchmark_input="native", image_digests=DIGESTS, photos=photos).to_json()
-
-
-DIGESTS = "image_digests.txt"
 
 
 def _crop(img: np.ndarray, res: int, rng: np.random.Generator, *, rescale: bool = True) -> torch.Tensor:

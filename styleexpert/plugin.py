@@ -260,18 +260,10 @@ def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def _record(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A checkpoint's ``training_data`` in the current ``TrainingRecord`` form (fields added since filled in)."""
-    if not record:
-        return None
-    from sxbench.protocols.splits import TrainingRecord
-
-    return TrainingRecord.from_json(record).to_json()
-
-
 def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGED) -> list[Path]:
     """Copy trained stage-2 checkpoints into ``dest``, sharing one base (``dest/tiny-base``) to stay small."""
-    from styleexpert.io import load_checkpoint, read_config, save_checkpoint
+    from styleexpert.io import load_checkpoint, save_checkpoint
+    from styleexpert.train import checkpoint_record, copy_image_digests
 
     written = []
     base_saved = False
@@ -279,23 +271,19 @@ def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGE
         model = load_checkpoint(out / v)
         if not base_saved:
             base_meta = {"role": "shared base of the tiny methods", "command": REPRODUCE}
-            base_record = _record(read_config(out / "base").get("training_data")) if (out / "base" / "config.json").is_file() else None
+            base_record = checkpoint_record(out / "base")
             if base_record:
                 base_meta["training_data"] = base_record
             written.append(save_checkpoint(model, dest / "tiny-base", include_base=True, metadata=base_meta))
-            if base_record and base_record.get("image_digests"):
-                name = base_record["image_digests"]
-                (dest / "tiny-base" / name).write_bytes((out / "base" / name).read_bytes())
+            copy_image_digests(base_record, out / "base", dest / "tiny-base")
             base_saved = True
         meta = {"command": REPRODUCE, "train_log": f"{out / ('stage2-' + v)}/train_log.json"}
-        record = _record(read_config(out / v).get("training_data"))
+        record = checkpoint_record(out / v)
         if record:  # what the adapters were trained on (the split and leakage tests read it)
             meta["training_data"] = record
         written.append(save_checkpoint(model, dest / STAGE2_METHODS[v], include_base=False, base_ref="../tiny-base",
                                        metadata=meta))
-        if record and record.get("image_digests"):
-            src = out / v / record["image_digests"]
-            (dest / STAGE2_METHODS[v] / record["image_digests"]).write_bytes(src.read_bytes())
+        copy_image_digests(record, out / v, dest / STAGE2_METHODS[v])
         lineage = ("stage0", "stage1", f"stage2-{v}") if v == "moe" else (f"stage2-{v}",)
         for log_name in lineage:
             src = out / log_name / "train_log.json"

@@ -364,9 +364,8 @@ def _preset(cfg: TrainConfig) -> dict[str, Any]:
 def training_record(data: Path, model_resolution: int) -> dict[str, Any] | None:
     """The data folder's ``training_data.json`` (``sxbench.protocols.splits.TrainingRecord``, written by
     ``sxbench data synth``) with the resolution the model saw the images at; None for a folder without one."""
-    from sxbench.protocols.synth import TRAINING_RECORD
-
     from sxbench.protocols.splits import TrainingRecord
+    from sxbench.protocols.synth import TRAINING_RECORD
 
     path = data / TRAINING_RECORD
     if not path.is_file():
@@ -375,15 +374,30 @@ def training_record(data: Path, model_resolution: int) -> dict[str, Any] | None:
     return (record.to_json() | {"model_resolution": model_resolution, "benchmark_input": "resize"})
 
 
+def checkpoint_record(folder: Path) -> dict[str, Any] | None:
+    """The ``training_data`` of a checkpoint folder in the current ``TrainingRecord`` form (fields added since
+    filled in); None when the folder has no config or the config no record."""
+    from sxbench.protocols.splits import TrainingRecord
+
+    if not (folder / "config.json").is_file():
+        return None
+    record = json.loads((folder / "config.json").read_text()).get("training_data")
+    return TrainingRecord.from_json(record).to_json() if record else None
+
+
+def copy_image_digests(record: dict[str, Any] | None, src: Path, dest: Path) -> None:
+    """Copy the image-digest file ``record`` names from folder ``src`` to folder ``dest`` (nothing without one)."""
+    if record and record.get("image_digests"):
+        (dest / record["image_digests"]).write_bytes((src / record["image_digests"]).read_bytes())
+
+
 def _finish(cfg: TrainConfig, model: StyleExpert, done: Path, metadata: dict[str, Any],
             resolution: int | None = None) -> Path:
     if cfg.main:
         record = training_record(cfg.data, resolution) if resolution else None
         extra = {"training_data": record} if record else {}
         save_checkpoint(model, done, metadata=metadata | extra | {"world_size": cfg.world})
-        if record and record.get("image_digests"):
-            digests = cfg.data / record["image_digests"]
-            (done / record["image_digests"]).write_bytes(digests.read_bytes())
+        copy_image_digests(record, cfg.data, done)
     _barrier(cfg)
     return done
 
