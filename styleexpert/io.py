@@ -6,7 +6,9 @@ Checkpoint folder::
     transformer.safetensors   base transformer weights (tiny preset: our own trained base; full: omitted, the
                               base comes from Flux.1-Kontext-dev)
     adapters.safetensors      experts, shared experts and routers, or the single LoRA (released key names)
-    encoder.safetensors       style projector (and, tiny preset, the backbone under ``backbone.``)
+    encoder.safetensors       style projector (and, tiny preset, the backbone under ``backbone.``; tiny-v2's
+                              backbone is the registry's DINOv2-S, loaded from the weights folder)
+    vae.safetensors           tiny-v2: the autoencoder, beside the base transformer
     prompt.safetensors        the fixed instruction embedding
 
 Nothing here unpickles: safetensors only.
@@ -38,11 +40,14 @@ def base_state_dict(model: StyleExpert) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: StyleExpert, path: str | Path, *, include_base: bool | None = None,
-                    base_ref: str | None = None, metadata: dict[str, Any] | None = None) -> Path:
+                    base_ref: str | None = None, metadata: dict[str, Any] | None = None,
+                    storage_dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` to the folder ``path`` (created).
 
-    ``include_base`` defaults to True for the tiny preset. ``base_ref`` (a folder path relative to ``path``)
+    ``include_base`` defaults to True for the tiny presets. ``base_ref`` (a folder path relative to ``path``)
     instead points at another checkpoint's ``transformer.safetensors``, so that several methods share one base.
+    ``storage_dtype`` (e.g. ``torch.float16``, half the bytes) stores floating-point tensors in that type; loading
+    casts them back to the model's dtype, so the loaded model is the stored one, not the one saved.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -50,19 +55,26 @@ def save_checkpoint(model: StyleExpert, path: str | Path, *, include_base: bool 
     compat = any(isinstance(m, MoELoRALinear) and m.released_compat for m in inject.adapters(model.transformer).values())
 
     def save(tensors: dict[str, torch.Tensor], name: str) -> None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path / name))
+        def cast(v: torch.Tensor) -> torch.Tensor:
+            return v.to(storage_dtype) if storage_dtype is not None and v.is_floating_point() else v
+
+        save_file({k: cast(v.detach()).contiguous().cpu() for k, v in tensors.items()}, str(path / name))
 
     save(inject.adapter_state_dict(model.transformer), "adapters.safetensors")
     if include_base:
         save(base_state_dict(model), "transformer.safetensors")
+        if model.vae is not None:
+            save(model.vae.state_dict(), "vae.safetensors")
     if model.style_encoder is not None:
         enc = {f"projector.{k}": v for k, v in model.style_encoder.projector.state_dict().items()}
-        if model.config["name"] != "full":
+        if model.config["name"] != "full" and "registry" not in model.config["encoder"]["backbone"]:
             enc |= {f"backbone.{k}": v for k, v in model.style_encoder.backbone.state_dict().items()}
         save(enc, "encoder.safetensors")
     save({"prompt_embeds": model.prompt_embeds, "pooled_prompt_embeds": model.pooled_prompt_embeds}, "prompt.safetensors")
     meta = {"format": "styleexpert", "version": FORMAT_VERSION, "variant": model.variant, "preset": model.config,
-            "released_compat": compat, "includes_base": include_base, "base_ref": base_ref} | (metadata or {})
+            "released_compat": compat, "includes_base": include_base, "base_ref": base_ref,
+            **({"storage_dtype": str(storage_dtype).removeprefix("torch.")} if storage_dtype is not None else {})} \
+        | (metadata or {})
     (path / "config.json").write_text(json.dumps(meta, indent=2, default=str))
     return path
 
@@ -78,16 +90,33 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
+def load_registry_backbone(model: StyleExpert, weights_root: str | Path | None = None) -> str:
+    """Load the style backbone a preset takes from the sxbench weights registry (``tiny-v2``: ``dinov2-s``) into
+    ``model`` and return the sha256 of the file loaded (checked against the registry first).
+
+    Raises ``sxbench.weights.WeightsMissingError`` naming the fetch command when the weights are not there.
+    """
+    from sxbench import weights
+
+    name = model.config["encoder"]["backbone"]["registry"]
+    file, digest = weights.check(name, Path(weights_root) if weights_root else None)
+    model.style_encoder.backbone.load_state_dict(load_file(str(file)), strict=True)
+    model.style_encoder.backbone_sha256 = digest
+    return digest
+
+
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    base_transformer: str | Path | None = None) -> StyleExpert:
+                    base_transformer: str | Path | None = None, weights_root: str | Path | None = None) -> StyleExpert:
     """Rebuild the model from ``path`` and load every tensor strictly (bit-exact round trip).
 
     For checkpoints without base weights (full preset), ``base_transformer`` is a safetensors file or folder
-    of the Flux.1-Kontext-dev transformer.
+    of the Flux.1-Kontext-dev transformer. A preset whose style backbone comes from the weights registry
+    (``tiny-v2``) loads it from ``weights_root`` (default: ``$SXBENCH_WEIGHTS``, see ``sxbench weights``).
     """
     path = Path(path)
     cfg = read_config(path)
     model = build(cfg["preset"], cfg["variant"], released_compat=cfg.get("released_compat", False))
+    base_dir = path if cfg.get("includes_base") else (path / cfg["base_ref"] if cfg.get("base_ref") else None)
     if cfg.get("includes_base"):
         load_base_weights(model, load_file(str(path / "transformer.safetensors")))
     elif cfg.get("base_ref"):
@@ -102,6 +131,10 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dty
             f"{path}: the checkpoint holds adapters only; pass the Flux.1-Kontext-dev transformer weights "
             "(base_transformer=... / --base PATH), downloaded from black-forest-labs/FLUX.1-Kontext-dev"
         )
+    if model.vae is not None and base_dir is not None and (base_dir / "vae.safetensors").is_file():
+        model.vae.load_state_dict(load_file(str(base_dir / "vae.safetensors")))
+    elif model.vae is not None and cfg["preset"]["name"] != "full":
+        raise FileNotFoundError(f"{path}: no vae.safetensors beside its base weights; copy the whole checkpoints folder")
     _load_adapters(model, load_file(str(path / "adapters.safetensors")))
     if model.style_encoder is not None and (path / "encoder.safetensors").is_file():
         enc = load_file(str(path / "encoder.safetensors"))
@@ -109,6 +142,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dty
         bb = {k[9:]: v for k, v in enc.items() if k.startswith("backbone.")}
         if bb:
             model.style_encoder.backbone.load_state_dict(bb)
+    if model.style_encoder is not None and "registry" in model.config["encoder"]["backbone"]:
+        load_registry_backbone(model, weights_root)
     prompt = load_file(str(path / "prompt.safetensors"))
     with torch.no_grad():
         model.prompt_embeds.copy_(prompt["prompt_embeds"])

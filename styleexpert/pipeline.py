@@ -5,8 +5,9 @@ position ids ``(0, row, col)``, ``(1, row, col)`` and ``(2, row + 64, col)``, pl
 first ``N_noisy`` outputs are the velocity. The style image also goes through the style encoder once per
 image; its embedding routes every mixture layer for all tokens and timesteps.
 
-Latent space: the VAE's latents packed 2×2 at full size; at tiny size no VAE and 4×4 packing of pixels
-(mapped to ``[-1, 1]``): the same code path, a different packing factor.
+Latent space: the VAE's latents packed 2×2 (full size, and ``tiny-v2`` with its own small autoencoder); the
+``tiny`` preset has no VAE and packs 4×4 pixels (mapped to ``[-1, 1]``): the same code path, a different
+packing factor.
 """
 
 from __future__ import annotations
@@ -153,8 +154,36 @@ class StyleExpert(nn.Module):
         return content_lat, context, ids
 
 
-def _backbone(cfg: dict[str, Any]) -> SiglipVisionModel:
+def _backbone(cfg: dict[str, Any]) -> nn.Module:
+    """A randomly initialised style backbone: SigLIP of the given sizes, or the registry backbone's class (its
+    weights are loaded afterwards, ``styleexpert.io.registry_backbone``)."""
+    if "registry" in cfg:
+        if cfg["registry"] != "dinov2-s":
+            raise ValueError(f"unknown registry style backbone {cfg['registry']!r} (known: dinov2-s)")
+        from transformers import Dinov2Model
+
+        from sxbench.backbones.dinov2_onnx import dinov2_small_config
+
+        return Dinov2Model(dinov2_small_config())
     return SiglipVisionModel(SiglipVisionConfig(**cfg))
+
+
+def backbone_tokens(cfg: dict[str, Any]) -> int:
+    """Hidden-state tokens of the style backbone at its input size (patches, plus the class token if any)."""
+    return (cfg["image_size"] // cfg["patch_size"]) ** 2 + int(bool(cfg.get("cls_token")))
+
+
+def make_vae(latent: dict[str, Any]) -> AutoencoderKL:
+    """The preset's autoencoder (diffusers ``AutoencoderKL``; ``latent["vae_config"]`` gives its sizes)."""
+    vc = latent.get("vae_config") or {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2}
+    blocks = len(vc["block_out_channels"])
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent["latent_channels"],
+                         down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+                         block_out_channels=tuple(vc["block_out_channels"]), layers_per_block=vc["layers_per_block"],
+                         norm_num_groups=vc.get("norm_num_groups", 32),
+                         mid_block_add_attention=vc.get("mid_block_add_attention", True),
+                         scaling_factor=latent["scaling_factor"], shift_factor=latent["shift_factor"],
+                         use_quant_conv=False, use_post_quant_conv=False)
 
 
 def build(preset: str | dict[str, Any] = "tiny", variant: str = "moe", *, overrides: dict[str, Any] | None = None,
@@ -179,17 +208,13 @@ def build(preset: str | dict[str, Any] = "tiny", variant: str = "moe", *, overri
         enc = cfg["encoder"]
         backbone = parts["backbone"] if "backbone" in parts else _backbone(enc["backbone"])
         bb = enc["backbone"]
-        tokens = (bb["image_size"] // bb["patch_size"]) ** 2
-        projector = StyleProjector(len(enc["layer_indices"]), tokens, bb["hidden_size"], enc["style_tokens"],
-                                   enc["hidden_size"])
-        style_encoder = StyleEncoder(backbone, projector, enc["layer_indices"], bb["image_size"])
+        projector = StyleProjector(len(enc["layer_indices"]), backbone_tokens(bb), bb["hidden_size"],
+                                   enc["style_tokens"], enc["hidden_size"])
+        norm = {k: enc[k] for k in ("mean", "std") if k in enc}
+        style_encoder = StyleEncoder(backbone, projector, enc["layer_indices"], bb["image_size"], **norm)
         vae = parts.get("vae")
         if vae is None and cfg["latent"]["vae"]:
-            vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=cfg["latent"]["latent_channels"],
-                                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                                block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                                scaling_factor=cfg["latent"]["scaling_factor"], shift_factor=cfg["latent"]["shift_factor"],
-                                use_quant_conv=False, use_post_quant_conv=False)
+            vae = make_vae(cfg["latent"])
         tc = cfg["transformer"]
         prompt = torch.randn(cfg["prompt"]["tokens"], tc["joint_attention_dim"]) if device.type != "meta" else \
             torch.empty(cfg["prompt"]["tokens"], tc["joint_attention_dim"])
@@ -270,14 +295,24 @@ def flow_matching_loss(model: StyleExpert, contents: torch.Tensor, styles: torch
 
     ``sigma`` ``(B,)`` defaults to logit-normal samples (mean 0, std 1), as in SD3/Flux training.
     """
-    content_lat, context, ids = model.prepare(contents, styles)
-    x0 = pack(model.encode(targets), model.config["latent"]["pack"])
+    model.condition(styles)
+    style_lat = model.encode(styles) if model.config["style_tokens"] else None
+    return latent_flow_matching_loss(model, model.encode(contents), style_lat, model.encode(targets), generator, sigma)
+
+
+def latent_flow_matching_loss(model: StyleExpert, content_lat: torch.Tensor, style_lat: torch.Tensor | None,
+                              target_lat: torch.Tensor, generator: torch.Generator,
+                              sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """``flow_matching_loss`` on latents (``model.encode``'s output; encode once and cache them to train fast).
+    The adapters' routing must already be set for this batch (``model.condition`` or
+    ``inject.set_style_condition`` with cached embeddings)."""
+    context, ids = model.context_tokens(content_lat, style_lat if model.config["style_tokens"] else None)
+    x0 = pack(target_lat, model.config["latent"]["pack"])
     b = x0.shape[0]
     if sigma is None:
         sigma = torch.sigmoid(torch.randn(b, generator=generator)).to(x0.device)
     eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
     s = sigma.view(b, 1, 1).to(x0.dtype)
     xt = (1 - s) * x0 + s * eps
-    model.condition(styles)
     v = model.velocity(xt, context, ids, sigma)
     return F.mse_loss(v.float(), (eps - x0).float())

@@ -45,22 +45,27 @@ class StyleExpertMethod(Method):
     licence = "code: Apache-2.0 (this implementation; the authors' inference code is not used); weights: trained here"
     reference = "Zhu et al., Mixture of Style Experts for Diverse Image Stylization, CVPR 2026 (arXiv 2603.16649)"
     deterministic = False
+    takes_weights_dir = True
+    """tiny-v2 checkpoints route with the registry's DINOv2-S (``sxbench weights fetch dinov2-s``)."""
 
     def __init__(self, *, device: str | torch.device = "cpu", checkpoint: str | None = None, steps: int | None = None,
-                 guidance: float | None = None) -> None:
+                 guidance: float | None = None, weights_dir: str | None = None) -> None:
         from styleexpert.io import load_checkpoint, read_config
         from styleexpert.pipeline import StyleExpertPipeline
 
         path = find_checkpoint(self.name, checkpoint)
         reproduce = read_config(path).get("command")
-        self.model = load_checkpoint(path, device=device)
+        self.model = load_checkpoint(path, device=device, weights_root=weights_dir)
         if self.model.variant != self.variant:
             raise ValueError(f"{path}: holds a {self.model.variant!r} model, {self.name} needs {self.variant!r}")
         self.pipe = StyleExpertPipeline(self.model)
         sampling = self.model.config["sampling"]
+        # the registry backbone is part of what determines the outputs (other weights: another configuration)
+        backbone = getattr(self.model.style_encoder, "backbone_sha256", None)
         super().__init__(device=device, steps=steps or sampling["steps"],
                          guidance=guidance if guidance is not None else sampling.get("guidance"),
-                         weights_sha256=_digest(path / "adapters.safetensors"))
+                         weights_sha256=_digest(path / "adapters.safetensors"),
+                         **({"backbone_sha256": backbone} if backbone else {}))
         # where the weights live is not what they are: a moved clone keeps its stored outputs
         self.provenance = {"checkpoint": str(path), **({"reproduce": reproduce} if reproduce else {})}
         self._routing: Routing | None = None
@@ -121,7 +126,7 @@ __all__: list[Any] = ["StyleExpertLoRA", "StyleExpertMethod", "StyleExpertNoPrio
 
 # ------------------------------------------------------------------------------------ sxbench train
 STAGE2_METHODS = {"moe": "styleexpert", "lora": "styleexpert-lora", "noprior": "styleexpert-noprior"}
-REPRODUCE = "sxbench train all --out runs/styleexpert-tiny --install"
+REPRODUCE = "sxbench train all --preset tiny-v2 --out runs/styleexpert-tiny-v2 --batch-size 16 --steps2 1000 --install"
 """The one command that reproduces the committed tiny checkpoints."""
 
 
@@ -129,16 +134,19 @@ def add_train_command(subparsers: Any) -> None:
     """Register ``sxbench train`` (entry point ``sxbench.commands``)."""
     import argparse
 
-    t = subparsers.add_parser("train", help="train StyleExpert: stage 0 (tiny base), 1 (encoder), 2 (adapters), or all; "
-                                            "or the adain baseline's decoder")
-    t.add_argument("stage", choices=("0", "1", "2", "all", "adain"))
+    t = subparsers.add_parser("train", help="train StyleExpert: vae (tiny-v2's autoencoder), stage 0 (tiny base), 1 "
+                                            "(encoder), 2 (adapters), or all; or the adain baseline's decoder")
+    t.add_argument("stage", choices=("vae", "0", "1", "2", "all", "adain"))
     t.add_argument("--out", default=None,
                    help="training folder (resumable state lives here); default runs/styleexpert-tiny, runs/adain")
     t.add_argument("--data", default=None, help="triplet folder with manifest.csv (default OUT/data, generated if missing)")
     t.add_argument("--n-data", type=int, default=3000, help="triplets to generate when --data is absent")
-    t.add_argument("--preset", default="tiny", choices=("tiny", "full"))
+    t.add_argument("--preset", default="tiny", choices=("tiny", "tiny-v2", "full"),
+                   help="tiny: 4×4 pixel patches (fast); tiny-v2: its own autoencoder and DINOv2-S routing (the "
+                        "committed models); full: FLUX.1-Kontext-dev")
     t.add_argument("--variant", default="moe", choices=tuple(STAGE2_METHODS), help="stage 2 variant")
     t.add_argument("--steps", type=int, default=None, help="steps of the chosen stage (all: see --steps0/1/2)")
+    t.add_argument("--steps-vae", type=int, default=1500)
     t.add_argument("--steps0", type=int, default=2000)
     t.add_argument("--steps1", type=int, default=400)
     t.add_argument("--steps2", type=int, default=1000)
@@ -149,6 +157,9 @@ def add_train_command(subparsers: Any) -> None:
     t.add_argument("--resolution", type=int, default=None, help="the model's training resolution (default the preset's)")
     t.add_argument("--data-resolution", type=int, default=None,
                    help="resolution the generated triplets are rendered at (default 128, the synth protocol's)")
+    t.add_argument("--balance", type=float, default=0.0,
+                   help="stage 2 (moe): weight of a load-balancing term on the routers (0: the paper's method); "
+                        "writes OUT/moe-balance")
     t.add_argument("--bf16", action="store_true", help="bfloat16 autocast (GPU)")
     t.add_argument("--gradient-checkpointing", action="store_true")
     t.add_argument("--checkpoint-every", type=int, default=100)
@@ -167,7 +178,8 @@ def add_train_command(subparsers: Any) -> None:
     a = t.add_argument_group("adain (the baseline's decoder; see baselines/adain.py)")
     a.add_argument("--layer", default=None, choices=("relu3_1", "relu4_1"), help="encoder layer (default: the config's)")
     a.add_argument("--style-weight", type=float, default=None)
-    a.add_argument("--weights-dir", default=None, help="weights folder holding vgg19 (default $SXBENCH_WEIGHTS)")
+    t.add_argument("--weights-dir", default=None,
+                   help="sxbench weights folder (tiny-v2: dinov2-s; adain: vgg19); default $SXBENCH_WEIGHTS")
     t.set_defaults(fn=_cmd_train)
 
 
@@ -189,7 +201,7 @@ def _cmd_train(args: Any) -> int:
 
         # rendered at the benchmark's resolution (synth: 128) and resized on the way in as the plugin resizes the
         # benchmark's images, so that pixel-scale style parameters mean the same at the model's input
-        res = args.data_resolution or (128 if args.preset == "tiny" else 1024)
+        res = args.data_resolution or (1024 if args.preset == "full" else 128)
         print(f"generating {args.n_data} training triplets (seen split, {res} px) in {data}")
         write_triplets(data, args.n_data, "seen", resolution=res, seed=1000 + args.seed, progress=not args.no_progress)
     full = args.preset == "full"
@@ -198,15 +210,18 @@ def _cmd_train(args: Any) -> int:
                              checkpoint_every=args.checkpoint_every, resolution=args.resolution,
                              progress=not args.no_progress, stop_at=args.stop_at,
                              timestep_sampling="uniform" if args.preset == "tiny" else "logit_normal",
-                             flux=_path(args.flux), siglip=_path(args.siglip), prompt_embeds=_path(args.prompt_embeds))
+                             flux=_path(args.flux), siglip=_path(args.siglip), prompt_embeds=_path(args.prompt_embeds),
+                             weights_dir=_path(args.weights_dir), balance=args.balance)
 
     def cfg(stage: int) -> "train.TrainConfig":
-        steps = args.steps if args.steps is not None and args.stage != "all" else (args.steps0, args.steps1, args.steps2)[stage]
+        """Stage ``stage``'s options (-1: the autoencoder)."""
+        chosen = args.steps is not None and args.stage != "all"
+        steps = args.steps if chosen else {-1: args.steps_vae, 0: args.steps0, 1: args.steps1, 2: args.steps2}[stage]
         lr = args.lr if args.lr is not None else (1e-3 if not full else (1e-5 if stage == 1 else 1e-4))
-        return dataclasses.replace(base, steps=steps, lr=lr)
+        return dataclasses.replace(base, steps=steps, lr=lr if stage >= 0 or args.lr is not None else 5e-4)
 
     t0 = time.perf_counter()
-    if (full or args.flux) and args.stage in ("0", "all"):
+    if (full or args.flux) and args.stage in ("vae", "0", "all"):
         raise ValueError("stage 0 is for the tiny preset; with a pretrained base (--flux) run stages 1 and 2")
     if full and not args.flux:
         raise ValueError("the full preset trains on FLUX.1-Kontext-dev: pass --flux DIR --siglip DIR --prompt-embeds FILE")
@@ -217,6 +232,11 @@ def _cmd_train(args: Any) -> int:
             print(f"stopped at step {args.stop_at} (--stop-at); run the command without it to continue")
         return result is None
 
+    from styleexpert.presets import get_preset
+
+    if args.stage == "vae" or (args.stage == "all" and get_preset(args.preset)["latent"]["vae"]):
+        if stopped(train.stage_vae(cfg(-1))):
+            return 0
     if args.stage in ("0", "all"):
         base_ckpt = train.stage0(cfg(0))
         if stopped(base_ckpt):
@@ -261,7 +281,8 @@ def _path(value: str | None) -> Path | None:
 
 
 def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGED) -> list[Path]:
-    """Copy trained stage-2 checkpoints into ``dest``, sharing one base (``dest/tiny-base``) to stay small."""
+    """Copy trained stage-2 checkpoints into ``dest``, sharing one base (``dest/tiny-base``) and stored in
+    float16 to stay small (the methods run the stored weights, cast back to float32)."""
     from styleexpert.io import load_checkpoint, save_checkpoint
     from styleexpert.train import checkpoint_record, copy_image_digests
 
@@ -274,7 +295,8 @@ def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGE
             base_record = checkpoint_record(out / "base")
             if base_record:
                 base_meta["training_data"] = base_record
-            written.append(save_checkpoint(model, dest / "tiny-base", include_base=True, metadata=base_meta))
+            written.append(save_checkpoint(model, dest / "tiny-base", include_base=True, metadata=base_meta,
+                                           storage_dtype=torch.float16))
             copy_image_digests(base_record, out / "base", dest / "tiny-base")
             base_saved = True
         meta = {"command": REPRODUCE, "train_log": f"{out / ('stage2-' + v)}/train_log.json"}
@@ -282,7 +304,7 @@ def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGE
         if record:  # what the adapters were trained on (the split and leakage tests read it)
             meta["training_data"] = record
         written.append(save_checkpoint(model, dest / STAGE2_METHODS[v], include_base=False, base_ref="../tiny-base",
-                                       metadata=meta))
+                                       metadata=meta, storage_dtype=torch.float16))
         copy_image_digests(record, out / v, dest / STAGE2_METHODS[v])
         lineage = ("stage0", "stage1", f"stage2-{v}") if v == "moe" else (f"stage2-{v}",)
         for log_name in lineage:

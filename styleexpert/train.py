@@ -11,12 +11,17 @@ the state file; a finished stage is skipped.
 
 Stages:
 
-0. tiny only: the base transformer learns to be an image-conditioned generator: half of the samples are
-   reconstruction (target = content), half generic global edits (gain, gamma, saturation, channel mixing)
-   shown in context by the reference (the same edit on another image). Adapters are inert (B = 0).
+vae. tiny-v2 only: the autoencoder, on crops of the training images; then the latent normalisation.
+0. tiny presets only: the base transformer learns to be an image-conditioned generator: half of the samples
+   are reconstruction (target = content), half generic global edits (gain, gamma, saturation, channel mixing)
+   shown in context by the reference (the same edit on another image; one fixed edit per content). Adapters
+   are inert (B = 0).
 1. the style projector by multi-positive InfoNCE on style-family labels (backbone frozen; its hidden
    states are computed once and cached).
 2. base and encoder frozen; the adapters (``moe``, ``lora`` or ``noprior``) by flow matching on triplets.
+
+The autoencoder and the style encoder are frozen from stage 0 on, so stages 0 and 2 encode every image once
+(``latent_cache``, kept under ``out/cache``) and stage 2 embeds every reference once.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ from styleexpert import inject
 from styleexpert.encoder import PositivePairSampler, multi_positive_infonce
 from styleexpert.io import (base_state_dict, load_base_weights, load_checkpoint, load_pretrained, load_projector,
                           save_checkpoint)
-from styleexpert.pipeline import StyleExpert, build, flow_matching_loss
+from styleexpert.moe import MoELoRAExperts
+from styleexpert.pipeline import StyleExpert, build, latent_flow_matching_loss, make_vae
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,10 @@ class TrainConfig:
     """This process's index under ``accelerate launch``/``torchrun`` (set by ``distributed``)."""
     world: int = 1
     """Number of processes; each draws its own ``batch_size`` samples and gradients are averaged."""
+    weights_dir: Path | None = None
+    """sxbench weights folder for a registry style backbone (tiny-v2: dinov2-s); default ``$SXBENCH_WEIGHTS``."""
+    balance: float = 0.0
+    """Weight of the load-balancing term on the routers (stage 2, ``moe``): 0, the paper's method, has none."""
     stop_at: int | None = None
     """Stop at this step with the resumable state saved (as a killed run would), for splitting a run; not the
     schedule (warm-up and the stage's length follow ``steps``)."""
@@ -198,13 +208,14 @@ def _manifest_digest(data: Path) -> str:
     return hashlib.sha256((data / "manifest.csv").read_bytes()).hexdigest()[:16]
 
 
-def resume_key(cfg: TrainConfig, model: StyleExpert, **stage: Any) -> dict[str, str]:
+def resume_key(cfg: TrainConfig, model: StyleExpert | None, **stage: Any) -> dict[str, str]:
     """The options a resumed stage must share with the state it resumes: everything that changes its model,
     data, batches, noise, learning rates or numerics. ``model``'s resolved preset stands for ``--preset`` and
     its overrides (sizes, experts, rank, top-k); the data for the digest of its manifest; ``steps`` counts
     only through the warm-up it sets. ``checkpoint_every``, ``device`` and progress do not count. ``stage``
     adds the stage's own options."""
-    key = {"model": json.dumps(model.config, sort_keys=True), "variant": model.variant, "batch_size": cfg.batch_size,
+    model_key = {"model": json.dumps(model.config, sort_keys=True), "variant": model.variant} if model is not None else {}
+    key = model_key | {"batch_size": cfg.batch_size,
            "lr": cfg.lr, "seed": cfg.seed, "warmup": _warmup(cfg), "bf16": cfg.bf16, "world": cfg.world,
            "data": _manifest_digest(cfg.data)} | stage
     return {k: str(v) for k, v in key.items()}
@@ -316,8 +327,13 @@ def _loop(cfg: TrainConfig, name: str, params: dict[str, torch.nn.Parameter],
 
 
 def _batch(data: TripletData, step: int, cfg: TrainConfig) -> np.ndarray:
+    return _batch_of(len(data), step, cfg)
+
+
+def _batch_of(n: int, step: int, cfg: TrainConfig) -> np.ndarray:
+    """Indices of step ``step``'s batch among ``n`` items (a function of seed, step and rank only)."""
     key = (cfg.seed, step) if cfg.world == 1 else (cfg.seed, step, cfg.rank)
-    return np.random.default_rng(key).choice(len(data), size=cfg.batch_size, replace=len(data) < cfg.batch_size)
+    return np.random.default_rng(key).choice(n, size=cfg.batch_size, replace=n < cfg.batch_size)
 
 
 def _sigma(cfg: TrainConfig, g: torch.Generator) -> torch.Tensor | None:
@@ -344,14 +360,18 @@ def _start(cfg: TrainConfig, variant: str, base: Path) -> StyleExpert:
     if not (base / "config.json").is_file():
         raise FileNotFoundError(f"{base}: no base checkpoint; run `sxbench train 0 --out {cfg.out}` first, "
                                 "or give pretrained weights with --flux/--siglip/--prompt-embeds")
-    base_model = load_checkpoint(base)
+    base_model = load_checkpoint(base, weights_root=cfg.weights_dir)
     model = build(base_model.config, variant, seed=cfg.seed + 1)
     load_base_weights(model, base_state_dict(base_model))
     with torch.no_grad():
         model.prompt_embeds.copy_(base_model.prompt_embeds)
         model.pooled_prompt_embeds.copy_(base_model.pooled_prompt_embeds)
+        if model.vae is not None:
+            model.vae.load_state_dict(base_model.vae.state_dict())
         if model.style_encoder is not None:
             model.style_encoder.backbone.load_state_dict(base_model.style_encoder.backbone.state_dict())
+            if hasattr(base_model.style_encoder, "backbone_sha256"):
+                model.style_encoder.backbone_sha256 = base_model.style_encoder.backbone_sha256
     return model.to(cfg.device)
 
 
@@ -402,9 +422,127 @@ def _finish(cfg: TrainConfig, model: StyleExpert, done: Path, metadata: dict[str
     return done
 
 
+# ----------------------------------------------------------------------------------- latent caches
+def _encode_all(model: StyleExpert, images: torch.Tensor, cfg: TrainConfig, desc: str) -> torch.Tensor:
+    """``model.encode`` of uint8 ``(N, 3, H, W)`` images in chunks, without gradients, on the CPU afterwards."""
+    from tqdm.auto import tqdm
+
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(images), 32), desc=desc, disable=not cfg.progress or not cfg.main, leave=False):
+            out.append(model.encode(TripletData.floats(images[i:i + 32]).to(cfg.device)).float().cpu())
+    return torch.cat(out)
+
+
+def _edit_pairs(data: TripletData, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 0's generic edits, one per content ``i`` (a fixed function of ``(seed, i)``): the reference is the
+    edit applied to content ``i + 1``, the target the same edit applied to content ``i``; uint8."""
+    refs, targets = [], []
+    n = len(data)
+    for i in range(n):
+        edit = _generic_edit(data.floats(data.content[i:i + 1]), torch.Generator().manual_seed(seed * 1_000_003 + i))
+        refs.append(edit(data.floats(data.content[(i + 1) % n:(i + 1) % n + 1])))
+        targets.append(edit(data.floats(data.content[i:i + 1])))
+
+    def u8(x: list[torch.Tensor]) -> torch.Tensor:
+        return (torch.cat(x) * 255).round().to(torch.uint8)
+
+    return u8(refs), u8(targets)
+
+
+def latent_cache(cfg: TrainConfig, model: StyleExpert, data: TripletData, *, edits: bool = False) -> dict[str, torch.Tensor]:
+    """``content``, ``style``, ``target`` latents of every triplet (and, with ``edits``, ``edit_ref`` and
+    ``edit_target``), encoded once and kept in ``out/cache`` under a key of what determines them (autoencoder
+    weights and normalisation, data, resolution, seed), so that a resumed or later stage reuses them."""
+    h = hashlib.sha256(json.dumps(model.config["latent"], sort_keys=True).encode())
+    h.update(_manifest_digest(cfg.data).encode())
+    h.update(f"{tuple(data.content.shape)}:{cfg.seed}".encode())
+    if model.vae is not None:
+        for k, v in sorted(model.vae.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().cpu().numpy().tobytes())
+    folder = cfg.out / "cache"
+    with_edits = folder / f"latents-{h.hexdigest()[:16]}-edits.safetensors"
+    file = with_edits if edits else folder / f"latents-{h.hexdigest()[:16]}.safetensors"
+    for f in dict.fromkeys((file, with_edits)):  # stage 0's cache (with its edits) serves stage 2 too
+        if f.is_file():
+            return load_file(str(f))
+    log.info("encoding %d triplets%s into latents (once; cached in %s)", len(data), " and edits" if edits else "", file)
+    lat = {k: _encode_all(model, getattr(data, k), cfg, f"latents ({k})") for k in ("content", "style", "target")}
+    if edits:
+        ref, tgt = _edit_pairs(data, cfg.seed)
+        lat["edit_ref"] = _encode_all(model, ref, cfg, "latents (edit references)")
+        lat["edit_target"] = _encode_all(model, tgt, cfg, "latents (edit targets)")
+    if cfg.main:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(".tmp")
+        save_file({k: v.contiguous() for k, v in lat.items()}, str(tmp))
+        tmp.replace(file)
+    return lat
+
+
 # ------------------------------------------------------------------------------------------ stages
+VAE_CROP = 64
+"""The autoencoder trains on random crops of this size (it is convolutional; 128² images cost 4× as much)."""
+VAE_KL_WEIGHT = 1e-6
+
+
+def stage_vae(cfg: TrainConfig) -> Path | None:
+    """tiny-v2: train the preset's autoencoder on crops of the training triplets' images (contents, references
+    and targets: L1 + a small KL term), then set the latent normalisation (``shift_factor`` = mean,
+    ``scaling_factor`` = 1 / std of the training latents, as the Flux VAE's constants are). Writes ``out/vae``
+    (``vae.safetensors`` and ``latent.json``); stage 0 builds the base on it."""
+    from styleexpert.presets import get_preset
+
+    done = cfg.out / "vae"
+    if (done / "latent.json").is_file():
+        log.info("autoencoder already trained: %s", done)
+        return done
+    cfg = distributed(cfg)
+    preset = get_preset(cfg.preset, cfg.overrides)
+    if not preset["latent"]["vae"]:
+        raise ValueError(f"preset {cfg.preset!r} has no autoencoder to train")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        vae = make_vae(preset["latent"]).to(cfg.device)
+    data_res = _resolution(cfg, preset)
+    data = TripletData(cfg.data, data_res, split=None)
+    pool = torch.cat([data.content, data.style, data.target])
+    params = dict(vae.named_parameters())
+
+    def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
+        idx = _batch_of(len(pool), step, cfg)
+        ys = torch.randint(0, data_res - VAE_CROP + 1, (len(idx),), generator=g)
+        xs = torch.randint(0, data_res - VAE_CROP + 1, (len(idx),), generator=g)
+        crops = torch.stack([pool[i, :, y:y + VAE_CROP, x:x + VAE_CROP] for i, y, x in zip(idx, ys.tolist(), xs.tolist())])
+        x = (TripletData.floats(crops) * 2 - 1).to(cfg.device)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(cfg.device)
+        rec = vae.decode(z).sample
+        return (rec - x).abs().mean() + VAE_KL_WEIGHT * post.kl().mean()
+
+    options = resume_key(cfg, None, resolution=data_res, crop=VAE_CROP, kl=VAE_KL_WEIGHT,
+                         vae=json.dumps(preset["latent"], sort_keys=True))
+    if not _loop(cfg, "vae-train", params, loss_fn, cfg.lr, options):
+        return None
+    vae.requires_grad_(False).eval()
+    # normalisation from the latents of (up to) 512 training images at the model's resolution
+    sample = pool[np.random.default_rng(cfg.seed).choice(len(pool), size=min(512, len(pool)), replace=False)]
+    with torch.no_grad():
+        lat = torch.cat([vae.encode((TripletData.floats(sample[i:i + 32]) * 2 - 1).to(cfg.device)).latent_dist.mode().cpu()
+                         for i in range(0, len(sample), 32)])
+    shift, scale = float(lat.mean()), float(1.0 / lat.std())
+    if cfg.main:
+        done.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in vae.state_dict().items()}, str(done / "vae.safetensors"))
+        (done / "latent.json").write_text(json.dumps({"shift_factor": shift, "scaling_factor": scale}, indent=1))
+    _barrier(cfg)
+    return done
+
+
 def stage0(cfg: TrainConfig) -> Path | None:
-    """Pretrain the tiny base transformer; writes ``out/base`` (a checkpoint with base weights).
+    """Pretrain the tiny base transformer; writes ``out/base`` (a checkpoint with base weights, and the
+    autoencoder of ``out/vae`` for a preset with one).
 
     Returns ``out/base``, or None when stopped early at ``cfg.stop_at`` (likewise for the other stages)."""
     done = cfg.out / "base"
@@ -412,11 +550,26 @@ def stage0(cfg: TrainConfig) -> Path | None:
         log.info("stage 0 already done: %s", done)
         return done
     cfg = distributed(cfg)
-    model = build(cfg.preset, "moe", overrides=cfg.overrides, seed=cfg.seed).to(cfg.device)
+    overrides = dict(cfg.overrides)
+    if _preset(cfg)["latent"]["vae"]:
+        vae_dir = cfg.out / "vae"
+        if not (vae_dir / "latent.json").is_file():
+            raise FileNotFoundError(f"{vae_dir}: no trained autoencoder; run `sxbench train vae --out {cfg.out}` first")
+        norm = json.loads((vae_dir / "latent.json").read_text())
+        overrides["latent"] = {**overrides.get("latent", {}), **norm}
+    model = build(cfg.preset, "moe", overrides=overrides, seed=cfg.seed).to(cfg.device)
+    if model.vae is not None:
+        model.vae.load_state_dict(load_file(str(cfg.out / "vae" / "vae.safetensors")))
+        model.vae.requires_grad_(False).eval()
+    if model.style_encoder is not None and "registry" in model.config["encoder"]["backbone"]:
+        from styleexpert.io import load_registry_backbone
+
+        load_registry_backbone(model, cfg.weights_dir)
     if cfg.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
     data_res = _resolution(cfg, model.config)
     data = TripletData(cfg.data, data_res, split=None)
+    lat = latent_cache(cfg, model, data, edits=True)
     adapter_ids = {id(p) for p in inject.adapter_parameters(model.transformer)}
     for p in inject.adapter_parameters(model.transformer):
         p.requires_grad_(False)  # inert (B = 0) during stage 0
@@ -428,18 +581,18 @@ def stage0(cfg: TrainConfig) -> Path | None:
     model.pooled_prompt_embeds.requires_grad_(True)
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        idx = _batch(data, step, cfg)
-        content = data.floats(data.content[idx])
-        other = data.floats(data.content[np.roll(idx, 1)])
+        idx = torch.from_numpy(_batch(data, step, cfg))
+        content = lat["content"][idx]
         if step % 2 == 0:  # reconstruction: copy the content whatever the reference
-            ref, target = data.floats(data.style[idx]), content
+            ref, target = lat["style"][idx], content
         else:  # a generic global edit, shown in context on another image
-            edit = _generic_edit(content, g)
-            ref, target = edit(other), edit(content)
+            ref, target = lat["edit_ref"][idx], lat["edit_target"][idx]
         dev = cfg.device
-        return flow_matching_loss(model, content.to(dev), ref.to(dev), target.to(dev), g, sigma=_sigma(cfg, g))
+        # the adapters are inert (B = 0) whatever routes them: a zero condition spares the style encoder
+        inject.set_style_condition(model.transformer, torch.zeros(len(idx), model.style_encoder.embedding_dim, device=dev))
+        return latent_flow_matching_loss(model, content.to(dev), ref.to(dev), target.to(dev), g, sigma=_sigma(cfg, g))
 
-    options = resume_key(cfg, model, resolution=data_res, timesteps=cfg.timestep_sampling)
+    options = resume_key(cfg, model, resolution=data_res, timesteps=cfg.timestep_sampling, cache="latent-v1")
     if not _loop(cfg, "stage0", params, loss_fn, cfg.lr, options):
         return None
     for p in params.values():
@@ -455,7 +608,8 @@ def stage1(cfg: TrainConfig, base: Path) -> Path | None:
         return done
     cfg = distributed(cfg)
     # tiny: the stage-0 checkpoint itself (its backbone, and its projector as the starting point)
-    model = _start(cfg, "moe", base) if cfg.flux is not None else load_checkpoint(base, device=cfg.device)
+    model = _start(cfg, "moe", base) if cfg.flux is not None else load_checkpoint(base, device=cfg.device,
+                                                                                  weights_root=cfg.weights_dir)
     enc = model.style_encoder
     data_res = _resolution(cfg, model.config)
     data = TripletData(cfg.data, data_res, split="seen")
@@ -486,15 +640,34 @@ def stage1(cfg: TrainConfig, base: Path) -> Path | None:
     return _finish(cfg, model, done, {"stage": 1, "families": data.families}, data_res)
 
 
+def load_balancing_loss(model: StyleExpert, embedding: torch.Tensor) -> torch.Tensor:
+    """Switch-Transformer load balancing over the batch, averaged over the mixture layers:
+    ``E · Σ_i f_i · P_i`` (``f_i``: fraction of the top-k slots routed to expert ``i``, ``P_i``: its mean router
+    probability); 1 when routing is uniform, ``E / k`` when every sample picks the same ``k`` experts."""
+    terms = []
+    for m in model.transformer.modules():
+        if isinstance(m, MoELoRAExperts):
+            logits = m.cond_gate(embedding.to(m.cond_gate.weight.dtype)).float()
+            probs = torch.softmax(logits, dim=-1)
+            picked = torch.zeros_like(probs).scatter_(1, logits.topk(m.top_k, dim=-1).indices, 1.0)
+            terms.append(m.num_experts * (picked.mean(0) / m.top_k * probs.mean(0)).sum())
+    return torch.stack(terms).mean()
+
+
 def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> Path | None:
-    """Train the adapters of ``variant`` on triplets; writes ``out/<variant>`` (the method's checkpoint).
+    """Train the adapters of ``variant`` on triplets; writes ``out/<variant>`` (the method's checkpoint), or
+    ``out/moe-balance`` for ``moe`` with a load-balancing term (``cfg.balance``).
 
     ``moe`` uses the stage-1 encoder; ``noprior`` keeps the encoder as built (untrained projector, same
-    backbone); ``lora`` has no router.
+    backbone); ``lora`` has no router. The base and the encoder are frozen, so latents and style embeddings
+    are computed once.
     """
-    done = cfg.out / variant
+    if variant != "moe":
+        cfg = dataclasses.replace(cfg, balance=0.0)  # the ablations as the paper trains them
+    name = variant + ("-balance" if cfg.balance else "")
+    done = cfg.out / name
     if (done / "config.json").is_file():
-        log.info("stage 2 (%s) already done: %s", variant, done)
+        log.info("stage 2 (%s) already done: %s", name, done)
         return done
     cfg = distributed(cfg)
     model = _start(cfg, variant, base)
@@ -506,15 +679,28 @@ def stage2(cfg: TrainConfig, variant: str, base: Path, encoder: Path | None) -> 
         model.transformer.enable_gradient_checkpointing()
     data_res = _resolution(cfg, model.config)
     data = TripletData(cfg.data, data_res, split="seen")
+    lat = latent_cache(cfg, model, data)
+    emb = None
+    if model.style_encoder is not None:
+        with torch.no_grad():
+            emb = torch.cat([model.style_embedding(data.floats(data.style[i:i + 64]).to(cfg.device)).cpu()
+                             for i in range(0, len(data), 64)])
     params = {n: p for n, p in model.transformer.named_parameters() if p.requires_grad}
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
-        idx = _batch(data, step, cfg)
+        idx = torch.from_numpy(_batch(data, step, cfg))
         dev = cfg.device
-        return flow_matching_loss(model, data.floats(data.content[idx]).to(dev), data.floats(data.style[idx]).to(dev),
-                                  data.floats(data.target[idx]).to(dev), g, sigma=_sigma(cfg, g))
+        cond = emb[idx].to(dev) if emb is not None else None
+        inject.set_style_condition(model.transformer, cond)
+        loss = latent_flow_matching_loss(model, lat["content"][idx].to(dev), lat["style"][idx].to(dev),
+                                         lat["target"][idx].to(dev), g, sigma=_sigma(cfg, g))
+        if cfg.balance:
+            loss = loss + cfg.balance * load_balancing_loss(model, cond)
+        return loss
 
-    options = resume_key(cfg, model, resolution=data_res, timesteps=cfg.timestep_sampling)
-    if not _loop(cfg, f"stage2-{variant}", params, loss_fn, cfg.lr, options):
+    extra = {"balance": cfg.balance} if cfg.balance else {}
+    options = resume_key(cfg, model, resolution=data_res, timesteps=cfg.timestep_sampling, cache="latent-v1", **extra)
+    if not _loop(cfg, f"stage2-{name}", params, loss_fn, cfg.lr, options):
         return None
-    return _finish(cfg, model, done, {"stage": 2}, data_res)
+    inject.set_style_condition(model.transformer, None)
+    return _finish(cfg, model, done, {"stage": 2} | extra, data_res)

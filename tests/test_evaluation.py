@@ -143,11 +143,12 @@ def test_each_set_metric_gets_its_own_backbones_features(tiny_weights, tmp_path)
     assert len(sv[sv.metric == "fid"]) == 1 + samples.split.nunique()  # all and each split
 
 
-def test_expert_statistics_are_stored_and_exported(tmp_path):
+def test_expert_statistics_are_stored_and_exported(tmp_path, tiny_weights):
     from sxbench.report import export
 
+    # the committed checkpoint routes with the registry DINOv2-S: here random weights of the real class
     Runner(RunConfig("synth-smoke", methods=("styleexpert", "reinhard"), metrics=("content_ssim",), out=tmp_path,
-                     progress=False)).run()
+                     progress=False, weights_dir=tiny_weights)).run()
     with Store(tmp_path) as store:
         sv = store.set_values()
         routing = store.routing()
@@ -161,7 +162,7 @@ def test_expert_statistics_are_stored_and_exported(tmp_path):
         assert r.n == routing.style_id.nunique()
     before = sqlite3.connect(tmp_path / "results.sqlite").execute("SELECT computed FROM set_values").fetchall()
     Runner(RunConfig("synth-smoke", methods=("styleexpert", "reinhard"), metrics=("content_ssim",), out=tmp_path,
-                     progress=False)).run()
+                     progress=False, weights_dir=tiny_weights)).run()
     after = sqlite3.connect(tmp_path / "results.sqlite").execute("SELECT computed FROM set_values").fetchall()
     assert before == after, "unchanged samples: nothing recomputed"
     csv = pd.read_csv(export(tmp_path, "csv"))

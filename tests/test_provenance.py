@@ -16,7 +16,7 @@ from sxbench.records import MethodInfo, MetricInfo, MetricValue, SampleRecord, s
 from sxbench.store import SCHEMA_VERSION, Store
 
 PACKAGED = Path(__file__).parents[1] / "styleexpert" / "checkpoints"
-REPRODUCE = "sxbench train all --out runs/styleexpert-tiny --install"
+REPRODUCE = "sxbench train all --preset tiny-v2 --out runs/styleexpert-tiny-v2 --batch-size 16 --steps2 1000 --install"
 
 
 def _key(config: str, pair: str, seed: int = 0) -> str:
@@ -53,7 +53,7 @@ def _clone(dest: Path) -> Path:
     return dest / "styleexpert"
 
 
-def test_a_moved_clone_keeps_its_stored_outputs(tmp_path):
+def test_a_moved_clone_keeps_its_stored_outputs(tmp_path, tiny_weights):
     from sxbench.report import render
     from sxbench.runner import RunConfig, Runner
 
@@ -62,7 +62,8 @@ def test_a_moved_clone_keeps_its_stored_outputs(tmp_path):
     for where in ("A", "B"):
         ckpt = _clone(tmp_path / where)
         cfg = RunConfig("synth-smoke", methods=("styleexpert",), out=run, limit=2, metrics=("content_ssim",),
-                        method_args={"styleexpert": {"checkpoint": str(ckpt), "steps": 2}}, progress=False)
+                        method_args={"styleexpert": {"checkpoint": str(ckpt), "steps": 2}}, progress=False,
+                        weights_dir=tiny_weights)
         summaries.append(Runner(cfg).run())
     assert summaries[0].generated == 2 and summaries[0].failed == 0
     assert summaries[1].generated == 0 and summaries[1].skipped == 2

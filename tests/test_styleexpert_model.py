@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 
 from styleexpert import inject
 from styleexpert.encoder import PositivePairSampler, StyleProjector, multi_positive_infonce, projector_param_count
-from styleexpert.io import load_checkpoint, load_released_adapters, released_projector_state_dict, save_checkpoint
+from styleexpert.io import (load_checkpoint, load_released_adapters, read_config, released_projector_state_dict,
+                            save_checkpoint)
 from styleexpert.moe import LoRALinear, MoELoRALinear
 from styleexpert.pipeline import StyleExpertPipeline, build, flow_matching_loss, pack, unpack
 
@@ -181,6 +182,74 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, variant):
     x = StyleExpertPipeline(model)(images(1, 1), images(1, 2), seeds=[3], num_inference_steps=2).images
     y = StyleExpertPipeline(loaded)(images(1, 1), images(1, 2), seeds=[3], num_inference_steps=2).images
     assert torch.equal(x, y)
+
+
+def test_tiny_v2_round_trip_loads_the_registry_backbone_and_the_autoencoder(tmp_path, tiny_weights):
+    """tiny-v2 stores its autoencoder beside the base and never its style backbone: that comes from the weights
+    folder (here random DINOv2-S weights of the real class, declared as custom), checked and named by sha256."""
+    from safetensors.torch import load_file
+
+    from sxbench import weights
+    from styleexpert.io import load_registry_backbone
+
+    model = build("tiny-v2", "moe", seed=5)
+    digest = load_registry_backbone(model, tiny_weights)
+    assert digest == weights.check("dinov2-s", tiny_weights)[1]
+    _randomize_adapters(model, 2)
+    save_checkpoint(model, tmp_path / "v2")
+    assert not any(k.startswith("backbone.") for k in load_file(str(tmp_path / "v2" / "encoder.safetensors")))
+    assert (tmp_path / "v2" / "vae.safetensors").is_file()
+    loaded = load_checkpoint(tmp_path / "v2", weights_root=tiny_weights)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.style_encoder.backbone_sha256 == digest
+    # 128² images → 32² latents of 8 channels → 64 tokens of 128 channels per image; the encoder sees 8² + 1 tokens
+    lat = loaded.encode(images(2, 1, 128))
+    assert lat.shape == (2, 8, 32, 32) and pack(lat, 4).shape == (2, 64, 128)
+    assert [h.shape for h in loaded.style_encoder.hidden_states(images(2, 2, 128))] == [(2, 65, 384)] * 3
+    x = StyleExpertPipeline(model)(images(1, 1, 128), images(1, 2, 128), seeds=[3], num_inference_steps=2).images
+    y = StyleExpertPipeline(loaded)(images(1, 1, 128), images(1, 2, 128), seeds=[3], num_inference_steps=2).images
+    assert x.shape == (1, 3, 128, 128) and torch.equal(x, y)
+    with pytest.raises(weights.WeightsMissingError, match="sxbench weights fetch dinov2-s"):
+        load_checkpoint(tmp_path / "v2", weights_root=tmp_path / "empty")
+
+
+def test_load_balancing_term_is_one_when_uniform_and_e_over_k_when_collapsed():
+    from styleexpert.train import load_balancing_loss
+
+    model = build("tiny", "moe", seed=0)
+    e = model.style_encoder.embedding_dim
+    # a zero router: every probability 1/E, so E · Σ f_i P_i = E · Σ f_i / E = 1 whatever the top-k picks
+    for m in model.transformer.modules():
+        if hasattr(m, "cond_gate"):
+            torch.nn.init.zeros_(m.cond_gate.weight)
+    assert load_balancing_loss(model, torch.randn(8, e)).item() == pytest.approx(1.0, abs=1e-6)
+    # every sample on the same two experts with (nearly) all the probability: E · (2 · 1/2 · 1/2) = E / 2
+    for m in model.transformer.modules():
+        if hasattr(m, "cond_gate"):
+            with torch.no_grad():
+                m.cond_gate.weight.zero_()
+                m.cond_gate.weight[:2, 0] = 100.0
+    cond = torch.zeros(8, e)
+    cond[:, 0] = 1.0
+    assert load_balancing_loss(model, cond).item() == pytest.approx(16 / 2, rel=1e-4)
+
+
+def test_float16_storage_loads_the_rounded_weights_in_float32(tmp_path):
+    """The committed checkpoints are stored in float16 (half the bytes); loading gives float32 tensors equal to
+    the saved model's weights rounded to float16, and the stored files really hold float16."""
+    from safetensors import safe_open
+
+    model = build("tiny", "moe", seed=7)
+    _randomize_adapters(model, 3)
+    save_checkpoint(model, tmp_path / "h", storage_dtype=torch.float16)
+    with safe_open(str(tmp_path / "h" / "adapters.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    loaded = load_checkpoint(tmp_path / "h")
+    assert read_config(tmp_path / "h")["storage_dtype"] == "float16"
+    for k, v in model.state_dict().items():
+        got = loaded.state_dict()[k]
+        assert got.dtype == torch.float32 and torch.equal(got, v.half().float()), k
 
 
 def test_released_adapter_format_loads_with_compat_weighting(tmp_path):

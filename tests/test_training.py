@@ -68,6 +68,33 @@ def test_all_stages_produce_checkpoints_and_logs(tmp_path, data):
         assert f"{stage} already done" in again.stderr, stage
 
 
+def test_tiny_v2_trains_its_autoencoder_and_stores_it_with_the_base(tmp_path, data, tiny_weights):
+    """tiny-v2: ``all`` first trains the autoencoder and sets the latent normalisation from its latents, stage 0
+    stores it beside the base, and stage 2 with ``--balance`` writes a separate ``moe-balance``."""
+    from safetensors.torch import load_file as load
+
+    from styleexpert.io import load_checkpoint
+    from styleexpert.train import TripletData
+
+    out = tmp_path / "v2"
+    common = ["--preset", "tiny-v2", "--out", str(out), "--data", str(data), "--batch-size", "2",
+              "--weights-dir", str(tiny_weights)]
+    train("all", *common, "--steps-vae", "2", "--steps0", "2", "--steps1", "2", "--steps2", "1")
+    norm = json.loads((out / "vae" / "latent.json").read_text())
+    base = load_checkpoint(out / "base", weights_root=tiny_weights)
+    assert {k: base.config["latent"][k] for k in norm} == norm
+    assert all(torch.equal(v, base.vae.state_dict()[k]) for k, v in load(str(out / "vae" / "vae.safetensors")).items())
+    assert not any(k.startswith("backbone.") for k in load(str(out / "moe" / "encoder.safetensors")))
+    # the normalisation is the one of the training latents: the encoded training images have mean 0 and std 1
+    images = TripletData(data, 128, split=None)
+    with torch.no_grad():
+        lat = base.encode(TripletData.floats(torch.cat([images.content, images.style, images.target])))
+    assert abs(lat.mean().item()) < 0.2 and lat.std().item() == pytest.approx(1.0, abs=0.2)
+    balanced = train("2", *common, "--variant", "moe", "--steps", "1", "--balance", "0.01")
+    assert (out / "moe-balance" / "config.json").is_file() and balanced.returncode == 0
+    assert json.loads((out / "moe-balance" / "config.json").read_text())["balance"] == 0.01
+
+
 def _state_step(path):
     with safe_open(str(path), "pt") as f:
         return json.loads(f.metadata()["state"])["step"]
