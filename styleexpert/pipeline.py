@@ -5,9 +5,9 @@ position ids ``(0, row, col)``, ``(1, row, col)`` and ``(2, row + 64, col)``, pl
 first ``N_noisy`` outputs are the velocity. The style image also goes through the style encoder once per
 image; its embedding routes every mixture layer for all tokens and timesteps.
 
-Latent space: the VAE's latents packed 2×2 (full size, and ``tiny-v2`` with its own small autoencoder); the
-``tiny`` preset has no VAE and packs 4×4 pixels (mapped to ``[-1, 1]``): the same code path, a different
-packing factor.
+Latent space: the VAE's latents, packed 2×2 at full size (Flux's ×8, 16-channel VAE) and 4×4 in ``tiny-v2``
+(its own ×4, 8-channel autoencoder); the ``tiny`` preset has no VAE and packs 4×4 pixels (mapped to
+``[-1, 1]``): the same code path, other factors.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class StyleExpert(nn.Module):
 
 def _backbone(cfg: dict[str, Any]) -> nn.Module:
     """A randomly initialised style backbone: SigLIP of the given sizes, or the registry backbone's class (its
-    weights are loaded afterwards, ``styleexpert.io.registry_backbone``)."""
+    weights are loaded afterwards, ``styleexpert.io.load_registry_backbone``)."""
     if "registry" in cfg:
         if cfg["registry"] != "dinov2-s":
             raise ValueError(f"unknown registry style backbone {cfg['registry']!r} (known: dinov2-s)")

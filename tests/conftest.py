@@ -104,13 +104,7 @@ def write_tiny_weights(root: Path) -> Path:
 
     write_tiny_inception(root)
 
-    from transformers import Dinov2Model
-
-    from sxbench.backbones.dinov2_onnx import dinov2_small_config
-
-    (root / "dinov2-s").mkdir(exist_ok=True)
-    save_file({k: v.contiguous() for k, v in Dinov2Model(dinov2_small_config()).state_dict().items()},
-              str(root / "dinov2-s" / "model.safetensors"))
+    write_tiny_dinov2(root)
     for net in ("alex", "vgg"):
         (root / f"stlpips-{net}").mkdir(exist_ok=True)
         model = STLPIPS(net)
@@ -124,6 +118,23 @@ def write_tiny_weights(root: Path) -> Path:
     for name in ("vgg19", "dinov2-s", "stlpips-alex", "stlpips-vgg", "lpips-alex", "lpips-vgg", "clip-vit-l-14",
                  "csd-vit-l", "aesthetic-laion"):  # not the pinned files: the loaders refuse them undeclared
         weights.declare_custom(name, root, why="random weights of the real classes, for tests")
+    return root
+
+
+def write_tiny_dinov2(root: Path, declare: bool = False) -> Path:
+    """Random DINOv2-S weights of the real class in the registry's stored format (``root/dinov2-s``); with
+    ``declare``, also declared custom so that the loaders accept them (``write_tiny_weights`` declares its set)."""
+    from safetensors.torch import save_file
+    from transformers import Dinov2Model
+
+    from sxbench import weights
+    from sxbench.backbones.dinov2_onnx import dinov2_small_config
+
+    (root / "dinov2-s").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in Dinov2Model(dinov2_small_config()).state_dict().items()},
+              str(root / "dinov2-s" / "model.safetensors"))
+    if declare:
+        weights.declare_custom("dinov2-s", root, why="random weights of the real class, for tests")
     return root
 
 

@@ -37,8 +37,13 @@ def sx_here(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_end_to_end_on_synth_smoke(tmp_path, capsys):
+    from conftest import write_tiny_dinov2
+
     out = tmp_path / "smoke"
-    p = sx("run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress")
+    # the routed StyleExpert methods need the style backbone (dinov2-s): random weights of the real class here;
+    # the other backbones are absent, so their metrics are skipped
+    wdir = str(write_tiny_dinov2(tmp_path / "weights", declare=True))
+    p = sx("run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress", "--weights-dir", wdir)
     assert "56 generated, 0 already stored, 0 failed" in p.stdout  # 7 default methods × 8 pairs
     html = (out / "index.html").read_text()
     for name in ("identity", "stylecopy", "reinhard", "histmatch", "styleexpert", "styleexpert-lora",
@@ -52,7 +57,8 @@ def test_end_to_end_on_synth_smoke(tmp_path, capsys):
     for src in __import__("re").findall(r'src="([^"]+\.png)"', html):
         assert (out / src).is_file(), src
     # same command again: nothing recomputed (the first run was a user's subprocess; the rest run in-process)
-    code, stdout, _ = sx_here(capsys, "run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress")
+    code, stdout, _ = sx_here(capsys, "run", "--protocol", "synth-smoke", "--out", str(out), "--no-progress",
+                              "--weights-dir", wdir)
     assert code == 0 and "0 generated, 56 already stored" in stdout
     # export in long format
     assert sx_here(capsys, "export", str(out))[0] == 0
@@ -60,7 +66,9 @@ def test_end_to_end_on_synth_smoke(tmp_path, capsys):
     assert {"method", "protocol", "split", "level", "content_id", "style_id", "seed", "metric", "value",
             "higher_is_better"} <= set(df.columns)
     per_image = df[df.scope == "sample"]
-    assert len(per_image) == 7 * 8 * 8 and not per_image.duplicated(["method", "pair_id", "seed", "metric"]).any()
+    metrics = per_image.metric.nunique()  # the weight-free ones and dino_content (dinov2-s)
+    assert "dino_content" in set(per_image.metric) and metrics >= 9
+    assert len(per_image) == 7 * 8 * metrics and not per_image.duplicated(["method", "pair_id", "seed", "metric"]).any()
     assert sx_here(capsys, "export", str(out), "--format", "parquet", "--output", str(tmp_path / "r.parquet"))[0] == 0
     assert len(pd.read_parquet(tmp_path / "r.parquet")) == len(df)
     (out / "index.html").unlink()
@@ -70,7 +78,7 @@ def test_end_to_end_on_synth_smoke(tmp_path, capsys):
 
 KNOWN_DIRECTION = {
     # what each statistic measures says which way is better: similarities and scores ↑, distances ↓
-    "content_ssim": "↑", "content_edge_f1": "↑", "target_psnr": "↑", "target_ssim": "↑",
+    "content_ssim": "↑", "content_edge_f1": "↑", "dino_content": "↑", "dino_structure": "↓", "target_psnr": "↑", "target_ssim": "↑",
     "style_color_swd": "↓", "style_gram": "↓", "target_detail": "↓", "target_color_swd": "↓",
     # expert utilization: even load, no dead experts, family-aware routing (similar styles share experts)
     "expert_load_entropy": "↑", "expert_dead_fraction": "↓", "expert_load_cv": "↓", "expert_family_mi": "↑",
