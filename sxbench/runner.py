@@ -53,13 +53,20 @@ KILL_AFTER_SAMPLES_ENV = "SXBENCH_KILL_AFTER_SAMPLES"
 itself SIGKILL right after the transaction of the ``N``-th sample it stores is committed, so a test can kill a run
 at an exact point (tests/test_cli.py) instead of racing a timer."""
 
+PAUSE_AFTER_SAMPLES_ENV = "SXBENCH_PAUSE_AFTER_SAMPLES"
+"""Test hook, not a user setting: with ``N`` here, the process sleeps (up to ten minutes) right after the ``N``-th
+sample it stores is committed, so a test's signal (Ctrl-C, SIGTERM) provably lands mid-run instead of racing a run
+that may finish first on a loaded machine (tests/test_faults.py)."""
 
-def _kill_after_samples() -> int | None:
-    raw = os.environ.get(KILL_AFTER_SAMPLES_ENV, "").strip()
+PAUSE_SECONDS = 600.0
+
+
+def _after_samples(env: str) -> int | None:
+    raw = os.environ.get(env, "").strip()
     if not raw:
         return None
     if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{KILL_AFTER_SAMPLES_ENV}={raw!r}: expected a positive integer (a test hook); unset it")
+        raise ValueError(f"{env}={raw!r}: expected a positive integer (a test hook); unset it")
     return int(raw)
 
 
@@ -191,7 +198,8 @@ class Runner:
         self.run_dir = config.run_dir
         self.protocol, self.pairs, self.seeds, self.evaluator = prepare(config)
         self.skipped_metrics = self.evaluator.skipped
-        self._kill_after = _kill_after_samples()
+        self._kill_after = _after_samples(KILL_AFTER_SAMPLES_ENV)
+        self._pause_after = _after_samples(PAUSE_AFTER_SAMPLES_ENV)
         self._committed = 0
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -289,6 +297,8 @@ class Runner:
                 self._committed += 1
                 if self._kill_after is not None and self._committed >= self._kill_after:
                     os.kill(os.getpid(), signal.SIGKILL)  # the test hook: committed, then killed like `kill -9`
+                if self._pause_after is not None and self._committed == self._pause_after:
+                    time.sleep(PAUSE_SECONDS)  # the test hook: committed, then waits for the test's signal
             bar.update(len(batch))
         bar.close()
         return len(todo) - failed, skipped, failed
