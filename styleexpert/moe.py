@@ -137,11 +137,12 @@ class MoELoRALinear(_FrozenLinearWrapper):
     def set_condition(self, cond: torch.Tensor | None) -> None:
         """Route each image once from its style embedding ``cond`` ``(B, cond_dim)``; ``None`` clears it."""
         if cond is None:
-            self.routing = self._slot_weights = None
+            self.routing = self._slot_weights = self._A = self._B = None
             return
         if self._merged is not None:
             raise RuntimeError("unmerge() before setting a new condition on a merged layer")
         self.routing = self.lora_layer.route(cond)
+        self._A = self._B = None
         r = self.lora_layer.rank
         w = self.expert_weights(self.routing) * self.scale
         self._slot_weights = w.repeat_interleave(r, dim=1)
@@ -159,7 +160,12 @@ class MoELoRALinear(_FrozenLinearWrapper):
         """``z = (x Aᵀ) · slot weights`` ``(B, N, (k+1)r)`` and ``Bᵀ`` ``(B, (k+1)r, out)``."""
         if self.routing is None:
             raise RuntimeError("MoELoRALinear needs set_condition(style_embedding) before the forward pass")
-        A, B = self._gather()
+        if torch.is_grad_enabled() or self._A is None:
+            A, B = self._gather()
+            if not torch.is_grad_enabled():  # sampling: every step of one condition reads the same experts
+                self._A, self._B = A, B
+        else:
+            A, B = self._A, self._B
         h = x.reshape(x.shape[0], -1, x.shape[-1]).to(A.dtype)
         if h.shape[0] != A.shape[0]:
             raise ValueError(f"input batch {h.shape[0]} != conditioned batch {A.shape[0]}")
