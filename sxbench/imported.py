@@ -44,7 +44,7 @@ from sxbench.evaluation import Item, chunks
 from sxbench.records import IMPORTED_VERSION, ImportedMethodInfo, SampleRecord, stable_hash
 from sxbench.lock import run_lock
 from sxbench.runner import (RunConfig, atomic_write, closing_run, prepare, provenance, reconcile, remove_output,
-                            remove_stale_temporaries, run_record, sample_key, save_grid_inputs, write_png)
+                            remove_stale_temporaries, run_record, sample_key, save_inputs, write_png)
 from sxbench.store import DB_NAME, Store
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,7 @@ class Importer:
         with closing_run(store, run_id, prov):
             remove_stale_temporaries(self.run_dir)
             self.evaluator.register(store)
-            save_grid_inputs(self.protocol, self.pairs, self.run_dir)
+            save_inputs(self.protocol, self.pairs, self.run_dir)
             store.register_method(info)
             keys = {t.task_id: sample_key(info.config_hash, spec, t.pair, t.seed) for t in tasks}
             reconcile(store, self.run_dir, info, spec, [(t.pair, t.seed, keys[t.task_id]) for t in tasks])

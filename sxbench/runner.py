@@ -209,8 +209,8 @@ class Runner:
     def _write_png(self, im: Image.Image, rel: str) -> None:
         write_png(im, self.run_dir / rel)
 
-    def _save_grid_inputs(self) -> None:
-        save_grid_inputs(self.protocol, self.pairs, self.run_dir)
+    def _save_inputs(self) -> None:
+        save_inputs(self.protocol, self.pairs, self.run_dir)
 
     # -------------------------------------------------------------------------------------------- stages
     def run(self) -> RunSummary:
@@ -236,7 +236,7 @@ class Runner:
         with closing_run(store, run_id, prov):
             remove_stale_temporaries(self.run_dir)
             self.evaluator.register(store)
-            self._save_grid_inputs()
+            self._save_inputs()
             generated = skipped = failed = 0
             failed_methods: dict[str, str] = {}
             for name in cfg.methods:
@@ -506,16 +506,21 @@ def png_problem(run_dir: Path, rel: str | None) -> str | None:
     return None
 
 
-def save_grid_inputs(protocol: Protocol, pairs: Sequence[PairSpec], run_dir: Path) -> None:
-    """The inputs of the report's image grid (``sxbench.report.grid_pairs``) as PNGs under ``run_dir/inputs``;
-    rewritten when their pixels changed (another resolution, an edited input file)."""
-    from sxbench.report import grid_pairs
-
-    for pair in grid_pairs(pairs):
-        target = protocol.target(pair.pair_id) if pair.has_target else None
-        for kind, im, name in (("content", protocol.content(pair.content_id), pair.content_id),
-                               ("style", protocol.style(pair.style_id), pair.style_id), ("target", target, pair.pair_id)):
+def save_inputs(protocol: Protocol, pairs: Sequence[PairSpec], run_dir: Path) -> None:
+    """Every pair's inputs (content, style, and target where the protocol has one) as PNGs under
+    ``run_dir/inputs``, each image once however many pairs share it: the report's grid and its sample explorer
+    show them beside the outputs. Rewritten when their pixels changed (another resolution, an edited input file)."""
+    done: set[str] = set()
+    for pair in pairs:
+        for kind, name, get in (("content", pair.content_id, lambda: protocol.content(pair.content_id)),
+                                ("style", pair.style_id, lambda: protocol.style(pair.style_id)),
+                                ("target", pair.pair_id,
+                                 lambda: protocol.target(pair.pair_id) if pair.has_target else None)):
             path = run_dir / f"inputs/{kind}/{stable_hash(name, 16)}.png"
+            if str(path) in done:
+                continue
+            done.add(str(path))
+            im = get()
             if im is not None and not _same_pixels(path, im):
                 write_png(im, path)
 

@@ -139,7 +139,8 @@ def test_routing_without_stored_statistics_says_not_computed(tmp_path, caplog):
     assert "figures/expert_usage.png" in html and "figures/routing_iou.png" not in html  # no stored IoU to plot
     phases = [r.getMessage() for r in caplog.records if r.getMessage().startswith("report: ")]
     assert phases == ["report: reading the store",
-                      "report: leaderboard intervals and rank groups (1000 bootstrap replicates)", "report: figures (1)",
+                      "report: leaderboard intervals and rank groups (1000 bootstrap replicates)",
+                      f"report: per-sample data for the explorer ({len(STYLES) * 4} samples)", "report: figures (1)",
                       "report: expert section", "report: writing index.html"]
 
 

@@ -189,7 +189,7 @@ def test_null_values_count_in_no_mean_and_no_n(rendered):
     assert board["score_up"]["all"]["alpha"].n < board["score_up"]["all"]["beta"].n  # some alpha values are NULL
     # the page shows those means; the all-NULL metric is a row of dashes, not an error
     want = np.mean([v for m, me, _, v in written if m == "score_up" and me == "alpha" and v is not None])
-    cells = {g: re.search(r"<h3>" + g + r"</h3>.*?<tr><td>alpha</td>\s*<td[^>]*data-v=\"([^\"]*)\">([^<]*)<", html,
+    cells = {g: re.search(r"<h3>" + g + r"</h3>.*?<tr data-method=\"alpha\"><td>.*?</td>\s*<td[^>]*data-v=\"([^\"]*)\">([^<]*)<", html,
                           re.S).groups() for g in ("fidelity", "style")}  # the first column: score_up, broken
     assert float(cells["fidelity"][0]) == pytest.approx(want, abs=1e-12)
     assert cells["style"] == ("nan", "–")

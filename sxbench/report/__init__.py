@@ -22,6 +22,8 @@ import pandas as pd
 
 from sxbench.interfaces import PairSpec
 from sxbench.records import IMPORTED_VERSION, stable_hash
+from sxbench.report import summary
+from sxbench.report.explore import input_paths, portable, thumbnail, write_sample_data
 from sxbench.store import DB_NAME, Store, UnsafePathError, contained
 
 log = logging.getLogger(__name__)
@@ -759,8 +761,12 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
     board_methods = [m for m in methods if m not in controls] + [m for m in methods if m in controls]
 
     log.info("report: leaderboard intervals and rank groups (%d bootstrap replicates)", REPORT_N_BOOT)
+    # the leaderboard's filters show any level × split cell: computed here, shown by the page's script
     tables = leaderboards(values, (None, "split", "level"), controls=controls)
     board, by_split, by_level = tables[None], tables["split"], tables["level"]
+    level_split = {s: leaderboards(values[values.split == s], ("level",), controls=controls)["level"]
+                   for s in values.split.dropna().unique()} if values.split.nunique() > 1 else {}
+    filter_cells = _filter_cells(tables, level_split)
     splits = _known_first(values.split.unique(), SPLIT_ORDER)
     levels = _known_first(values.level.unique(), LEVEL_ORDER)
     novelty_gaps = _novelty_gaps(values)
@@ -790,7 +796,8 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
             try:  # output paths come from the database: a crafted one must not reach other files
                 path = contained(run_dir, rel)
             except UnsafePathError as exc:
-                refused.append(str(exc))
+                if str(exc) not in refused:  # the grid and the explorer's data ask for the same paths
+                    refused.append(str(exc))
                 return None
             if path.parent not in listings:
                 listings[path.parent] = _file_names(path.parent)
@@ -806,16 +813,27 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
             outputs.setdefault(r.pair_id, {})[r.method] = r.output_path
         for p in grid_pairs(pairs):
             cells = outputs.get(p.pair_id, {})
+            content, style, target = (existing(r) for r in input_paths(p.pair_id, p.content_id, p.style_id))
             grid.append({
-                "pair": p,
-                "content": existing(f"inputs/content/{stable_hash(p.content_id, 16)}.png"),
-                "style": existing(f"inputs/style/{stable_hash(p.style_id, 16)}.png"),
-                "target": existing(f"inputs/target/{stable_hash(p.pair_id, 16)}.png"),
+                "pair": p, "seed": int(seed0),
+                "content": content, "style": style, "target": target,
                 "outputs": [existing(cells.get(m)) for m in methods],
+                "thumbs": {rel: thumbnail(run_dir, rel) for rel in (content, style, target,
+                                                                     *(existing(cells.get(m)) for m in methods)) if rel},
             })
     if refused:
         log.warning("report: %d stored output path(s) outside the run folder not shown; the first: %s", len(refused),
                     refused[0])
+
+    log.info("report: per-sample data for the explorer (%d samples)", len(samples))
+    metric_order = [m["name"] for ms in groups.values() for m in ms]
+    explorer = write_sample_data(run_dir, samples, values, board_methods, metric_order,
+                                 existing if len(ok) else (lambda rel: None))
+    for m in explorer["methods"]:
+        m["control"] = m["label"] in controls
+    explorer["metric_info"] = [{"name": m["name"], "hib": bool(m["higher_is_better"]), "group": m["group"],
+                                "description": m.get("description", "")} for ms in groups.values() for m in ms]
+    explorer["levels"], explorer["splits"] = levels, splits
 
     infos = sorted(method_infos.values(), key=lambda m: m["name"])
     cards = _method_cards(method_infos, cost, imported, labels)
@@ -823,9 +841,15 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
 
     bench_files = sorted((run_dir / "bench").glob("*.json")) + [Path(b) for b in bench]
     bench_rows = bench_lib.load(bench_files) if bench_files else []
+    metric_info = {m["name"]: m for m in metric_rows}
     with _literal_text():  # labels are user strings: drawn as given, never as mathtext
+        fid, sty = summary.primary_metric("fidelity", board), summary.primary_metric("style", board)
+        headline = ("figures/headline.png" if summary.headline_figure(board, fid, sty, controls, metric_info,
+                                                                      run_dir / "figures" / "headline.png") else None)
         figures = _figures(values, run_dir / "figures") if len(values) else []
         experts, expert_figs = _expert_section(routing, set_values, metric_infos, run_dir / "figures")
+        summary_rows = summary.build(board, by_split, novelty_gaps, experts or ({} if len(routing) else None), cost,
+                                     controls, metric_info)
         figures += expert_figs + _training_curves(infos, run_dir / "figures")
         if bench_rows and bench_lib.plot(bench_rows, run_dir / "figures" / "latency.png"):
             figures.append({"file": "figures/latency.png",
@@ -852,12 +876,37 @@ def render(run_dir: str | Path, bench: Sequence[str | Path] = ()) -> Path:
         failed_methods=prov.get("failed_methods", {}), imported=imported, json=json, cards=cards,
         board_methods=board_methods, controls=controls, coverage=coverage, n_boot=REPORT_N_BOOT, alpha=ALPHA,
         set_n_boot=SET_N_BOOT, failed_values=failed_values, novelty_gaps=novelty_gaps, novelty_labels=NOVELTY_LABELS,
+        summary=summary_rows, headline=headline, fid_metric=fid, style_metric=sty, filter_cells=filter_cells,
+        explorer=explorer,
     )
+    html = portable(html, run_dir)  # no folder of this machine in the page (cards, provenance, environment)
     out = run_dir / "index.html"
     from sxbench.runner import atomic_write
 
     atomic_write(out, lambda fh: fh.write(html.encode("utf-8")))  # a temporary file of this process, then a rename
     log.info("report written to %s", out)
+    return out
+
+
+def _filter_cells(tables: dict[str | None, dict[str, dict[Any, dict[str, Cell]]]],
+                  level_split: dict[str, dict[str, dict[Any, dict[str, Cell]]]]) -> dict[str, Any]:
+    """The leaderboard's cells for each filter setting, for the page's script: ``{subset: {metric: {method:
+    [text, mean, n, bold, group, note]}}}``; subsets ``all``, ``split=S``, ``level=L`` and ``level=L&split=S``
+    (``level_split``: per split, its by-level table)."""
+    def pack(c: Cell | None) -> list[Any] | None:
+        if c is None:
+            return None
+        mean = c.mean if math.isfinite(c.mean) else None
+        return [c.text, mean, c.n, bool(c.best), c.group, c.note]
+
+    out: dict[str, Any] = {}
+    named = [(tables.get(None, {}), lambda c: "all"), (tables.get("split", {}), lambda c: f"split={c}"),
+             (tables.get("level", {}), lambda c: f"level={c}")]
+    named += [(t, functools.partial(lambda s, c: f"level={c}&split={s}", s)) for s, t in level_split.items()]
+    for table, key in named:
+        for metric, columns in table.items():
+            for column, cells in columns.items():
+                out.setdefault(key(column), {})[metric] = {m: pack(c) for m, c in cells.items()}
     return out
 
 
@@ -926,9 +975,23 @@ def _method_cards(method_infos: dict[tuple[str, str], dict[str, Any]], cost: lis
         cards.append({"name": label, "version": m["version"], "reference": m.get("reference", ""),
                       "licence": m.get("licence") or ("see the reference" if label in imported else "not recorded"),
                       "checksums": flat, "params": params, "s_per_image": s, "device": dev,
-                      "reproduce": prov.get("reproduce"), "checkpoint": prov.get("checkpoint"),
+                      "reproduce": prov.get("reproduce"), "checkpoint": _display_path(prov.get("checkpoint")),
                       "imported": label in imported})
     return cards
+
+
+def _display_path(path: str | None) -> str | None:
+    """A stored absolute path as a reader elsewhere can use it: relative to the import root it lies under (a
+    packaged checkpoint reads ``styleexpert/checkpoints/…``), else as stored (``portable`` then shortens the home
+    and run folders)."""
+    if not path or not os.path.isabs(path):
+        return path
+    import sys
+
+    for root in sorted((p for p in sys.path if p and os.path.isabs(p)), key=len, reverse=True):
+        if path.startswith(root.rstrip(os.sep) + os.sep) and os.path.isdir(root):
+            return os.path.relpath(path, root)
+    return path
 
 
 def _min_samples(metrics: Iterable[str]) -> dict[str, int]:
