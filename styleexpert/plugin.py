@@ -306,7 +306,8 @@ def install_checkpoints(out: Path, variants: Sequence[str], dest: Path = PACKAGE
         written.append(save_checkpoint(model, dest / STAGE2_METHODS[v], include_base=False, base_ref="../tiny-base",
                                        metadata=meta, storage_dtype=torch.float16))
         copy_image_digests(record, out / v, dest / STAGE2_METHODS[v])
-        lineage = ("stage0", "stage1", f"stage2-{v}") if v == "moe" else (f"stage2-{v}",)
+        # the paper's method carries its whole lineage's loss logs (the report plots them): autoencoder, base, encoder
+        lineage = ("vae-train", "stage0", "stage1", f"stage2-{v}") if v == "moe" else (f"stage2-{v}",)
         for log_name in lineage:
             src = out / log_name / "train_log.json"
             if src.is_file():

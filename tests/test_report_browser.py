@@ -2,7 +2,7 @@
 (Debian's ``chromium``, driven by Playwright's Python package; ``.ci/run`` installs the browser when it is
 missing). Screenshots go to each test's temporary folder.
 
-Checked: no console error and no failed request; every image loads; sorting and each filter change the rows; a
+Checked: no console error, no failed request and no request outside the run folder; every image loads; sorting and each filter change the rows; a
 click on a leaderboard cell opens the sample explorer with best and worst samples; a sample's pair view shows
 every method. A copy of the run folder with one output deleted fails the image check (the check can fail).
 """
@@ -56,6 +56,8 @@ class Page:
                      if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} ({r.failure})"))
+        self.page.on("request", lambda r: None if r.url.startswith(("file://", "data:")) else
+                     self.problems.append(f"network request: {r.url}"))  # nothing leaves the run folder
         self.page.goto((run / "index.html").as_uri())
         self.page.wait_for_load_state("load")
 

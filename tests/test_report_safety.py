@@ -293,3 +293,29 @@ def test_trade_off_axes_take_each_metrics_direction(monkeypatch, tmp_path):
                                                                          ("sim", True, "style"))]
     report._figures(pd.DataFrame(rows), tmp_path)
     assert "dist (lower is better)" in labels
+
+
+def test_the_report_names_no_folder_of_the_machine(tmp_path, monkeypatch):
+    """A run folder inside the home folder, a method whose checkpoint lies in the home folder and one in the
+    installed package: neither the run folder's nor the home folder's absolute path is anywhere in the page or its
+    data files (they read ``.`` and ``~``), and the packaged checkpoint reads relative to its import root."""
+    from sxbench.cli import main
+
+    home = tmp_path / "home"
+    run = home / "runs" / "r1"
+    monkeypatch.setenv("HOME", str(home))
+    assert main(["run", "--protocol", "synth-smoke", "--methods", "identity,reinhard", "--metrics",
+                 "content_ssim", "--no-progress", "--out", str(run)]) == 0
+    packaged = Path(report.__file__).resolve().parents[2] / "styleexpert" / "checkpoints" / "styleexpert"
+    with Store(run) as st:
+        st.register_method(MethodInfo("mine", "1", provenance={"checkpoint": str(home / "ckpt" / "mine")}))
+        st.register_method(MethodInfo("packaged", "1", provenance={"checkpoint": str(packaged)}))
+    render(run)
+    files = [run / "index.html", *sorted((run / "data").glob("*.js"))]
+    assert len(files) > 2
+    for f in files:
+        text = f.read_text()
+        for machine in {str(run), str(run.resolve()), str(home), str(home.resolve())}:
+            assert machine not in text, f"{f.name} names {machine}"
+    html = (run / "index.html").read_text()
+    assert "checkpoint: ~/ckpt/mine" in html and "checkpoint: styleexpert/checkpoints/styleexpert" in html

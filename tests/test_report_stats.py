@@ -288,3 +288,23 @@ def test_set_metrics_show_n_never_a_best_and_too_small_sets(stores):
 def test_empty_cells():
     assert Cell(math.nan, math.nan, 0, None, False).text == "–"
     assert leaderboards(pd.DataFrame()) == {None: {}, "split": {}, "level": {}}
+
+
+def test_the_summary_names_rank_group_one_never_a_control_and_says_why(stores):
+    """``summary.leaders``: a and b (a tie by construction) lead, with b's paired difference from a and its CI;
+    c alone is "ahead of every other ranked method" with its margin over the closest; the control, better than
+    all, is never named."""
+    from sxbench.report import summary
+
+    board = leaderboard(_values(stores["one"][0]), None, controls={CONTROL})
+    lead = summary.leaders(board["score_up"]["all"])
+    assert sorted(lead["methods"]) == ["a", "b"] and CONTROL not in lead["methods"]
+    assert "not separable" in lead["why"] and f"n={len(PAIRS)}" in lead["why"]
+    one = leaderboard(_values(stores["one"][0]).query(f"method in ['c', '{CONTROL}']"), None, controls={CONTROL})
+    alone = summary.leaders(one["score_up"]["all"])
+    assert alone["methods"] == ["c"] and alone["why"] == "the only ranked method"
+    only_control = summary.leaders({CONTROL: board["score_up"]["all"][CONTROL]})
+    assert only_control is None
+    two = leaderboard(_values(stores["one"][0]).query("method != 'b'"), None, controls={CONTROL})
+    lead = summary.leaders(two["score_up"]["all"])
+    assert lead["methods"] == ["a"] and lead["why"].startswith("ahead of every other ranked method; the closest, c,")

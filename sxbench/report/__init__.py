@@ -708,6 +708,12 @@ def _training_curves(method_infos: list[dict[str, Any]], fig_dir: Path) -> list[
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (running mean)")
     ax.set_yscale("log")
+    # plain tick labels: the default log formatter writes mathtext ($\\mathdefault{10^{0}}$), which the report's
+    # literal-text setting (user strings are never mathtext) would print raw
+    from matplotlib.ticker import LogFormatter
+
+    ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -988,8 +994,13 @@ def _display_path(path: str | None) -> str | None:
         return path
     import sys
 
-    for root in sorted((p for p in sys.path if p and os.path.isabs(p)), key=len, reverse=True):
-        if path.startswith(root.rstrip(os.sep) + os.sep) and os.path.isdir(root):
+    roots = {p for p in sys.path if p and os.path.isabs(p)}
+    for name, module in list(sys.modules.items()):  # editable installs import from a root not on sys.path
+        file = getattr(module, "__file__", None)
+        if "." not in name and file and os.path.basename(file) == "__init__.py":
+            roots.add(os.path.dirname(os.path.dirname(file)))
+    for root in sorted(roots, key=len, reverse=True):
+        if root != os.sep and path.startswith(root.rstrip(os.sep) + os.sep) and os.path.isdir(root):
             return os.path.relpath(path, root)
     return path
 

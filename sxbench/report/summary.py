@@ -124,7 +124,7 @@ def build(board: Mapping[str, Any], by_split: Mapping[str, Any], novelty_gaps: M
             chance = (experts or {}).get("chance") or []
             if not chance:
                 row["text"] = ("no mixture method in this run" if not experts else
-                               "no chance level stored: rerun `sxbench report` after `sxbench run`")
+                               "no chance level stored: run sxbench run again to compute it")
             else:
                 per: dict[str, list[str]] = {}
                 beyond: dict[str, int] = {}
@@ -154,8 +154,8 @@ def build(board: Mapping[str, Any], by_split: Mapping[str, Any], novelty_gaps: M
                 row["text"] = f"{fast['method']} (fastest)"
                 row["detail"] = (f"{fast['method']}: {fast['latency_ms'] / 1000:.3f} s/image median over n={fast['n']} "
                                  f"on {fast['device']}; lowest peak memory: {small['method']} {small['peak_mb']:.0f} MiB "
-                                 f"({small['memory_kind']}). One measurement per sample, no interval; "
-                                 "`nox -s gpu_bench` for GPU latency")
+                                 f"({small['memory_kind']}; on CPU the whole process's resident set). One measurement per "
+                                 "sample, no interval; GPU latency: nox -s gpu_bench")
         rows.append(row)
     return rows
 
