@@ -152,7 +152,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dty
 
 
 def load_pretrained(preset: str | dict[str, Any], variant: str, *, flux: str | Path, siglip: str | Path | None,
-                    prompt_embeds: str | Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> StyleExpert:
+                    prompt_embeds: str | Path | None = None, dtype: torch.dtype = torch.float32,
+                    seed: int = 0) -> StyleExpert:
     """A StyleExpert on pretrained parts, with fresh adapters: the starting point of stages 1–2 of the full preset.
 
     Args:
@@ -162,7 +163,8 @@ def load_pretrained(preset: str | dict[str, Any], variant: str, *, flux: str | P
             needed for the ``lora`` variant, which has no router.
         prompt_embeds: safetensors with ``prompt_embeds`` ``(T, joint_attention_dim)`` and
             ``pooled_prompt_embeds`` ``(pooled_projection_dim,)``: the fixed instruction encoded once by the
-            Kontext pipeline's T5/CLIP (``FluxKontextPipeline.encode_prompt``).
+            Kontext pipeline's T5/CLIP (``FluxKontextPipeline.encode_prompt``). ``None`` (the default): encoded
+            here from ``flux``'s own text encoders (``styleexpert.kontext.encode_instruction``, cached per prompt).
     """
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import SiglipVisionModel
@@ -192,8 +194,13 @@ def load_pretrained(preset: str | dict[str, Any], variant: str, *, flux: str | P
             raise ValueError(f"variant {variant!r} needs the style backbone (siglip=...)")
         parts["backbone"] = SiglipVisionModel.from_pretrained(
             need(Path(siglip), "the SigLIP vision backbone", "google/siglip-so400m-patch14-384"), torch_dtype=dtype)
-    prompt = load_file(str(need(Path(prompt_embeds), "the instruction embedding",
-                                "(compute it with FluxKontextPipeline.encode_prompt)")))
+    if prompt_embeds is None:
+        from styleexpert.kontext import encode_instruction
+
+        prompt = encode_instruction(flux)
+    else:
+        prompt = load_file(str(need(Path(prompt_embeds), "the instruction embedding",
+                                    "(or leave --prompt-embeds out: the folder's text encoders encode it)")))
     if {"prompt_embeds", "pooled_prompt_embeds"} - set(prompt):
         raise ValueError(f"{prompt_embeds}: needs tensors 'prompt_embeds' and 'pooled_prompt_embeds', has {sorted(prompt)}")
     cfg = dict(cfg, prompt=dict(cfg["prompt"], tokens=int(prompt["prompt_embeds"].shape[0])))

@@ -169,7 +169,8 @@ def add_train_command(subparsers: Any) -> None:
     t.add_argument("--siglip", default=None, metavar="DIR",
                    help="with --flux: local folder of google/siglip-so400m-patch14-384 (the style backbone)")
     t.add_argument("--prompt-embeds", default=None, metavar="FILE",
-                   help="with --flux: safetensors with prompt_embeds and pooled_prompt_embeds of the instruction")
+                   help="with --flux: safetensors with prompt_embeds and pooled_prompt_embeds of the instruction "
+                        "(default: encoded from the folder's own CLIP and T5, cached per prompt)")
     t.add_argument("--install", action="store_true",
                    help="copy the stage-2 results to styleexpert/checkpoints (the methods' default), base shared")
     t.add_argument("--no-progress", action="store_true")
@@ -224,7 +225,7 @@ def _cmd_train(args: Any) -> int:
     if (full or args.flux) and args.stage in ("vae", "0", "all"):
         raise ValueError("stage 0 is for the tiny preset; with a pretrained base (--flux) run stages 1 and 2")
     if full and not args.flux:
-        raise ValueError("the full preset trains on FLUX.1-Kontext-dev: pass --flux DIR --siglip DIR --prompt-embeds FILE")
+        raise ValueError("the full preset trains on FLUX.1-Kontext-dev: pass --flux DIR --siglip DIR")
     base_ckpt = out / "base"
 
     def stopped(result: Path | None) -> bool:

@@ -352,8 +352,6 @@ def _start(cfg: TrainConfig, variant: str, base: Path) -> StyleExpert:
     """The model a stage starts from: fresh ``variant`` adapters on the base (``cfg.flux``'s pretrained parts,
     or the stage-0 checkpoint ``base``), with the base's backbone and instruction embedding."""
     if cfg.flux is not None:
-        if cfg.prompt_embeds is None:
-            raise ValueError("--flux needs --prompt-embeds (the encoded instruction)")
         dtype = torch.bfloat16 if cfg.bf16 else torch.float32
         return load_pretrained(_preset(cfg), variant, flux=cfg.flux, siglip=cfg.siglip, prompt_embeds=cfg.prompt_embeds,
                                dtype=dtype, seed=cfg.seed + 1).to(cfg.device)

@@ -271,6 +271,26 @@ def pretrained(tmp_path_factory):
     return root
 
 
+def test_without_an_embedding_the_instruction_is_encoded_from_the_flux_folder(tmp_path, pretrained, monkeypatch):
+    """``load_pretrained`` with no ``prompt_embeds``: the folder's own CLIP and T5 (tiny, of the real classes, in
+    the pipeline's layout) encode the release's instruction, as ``styleexpert.kontext.encode_instruction`` does."""
+    import shutil
+
+    from styleexpert.io import load_pretrained
+    from styleexpert.kontext import MAX_SEQUENCE_LENGTH, encode_instruction, write_tiny_text_encoders
+
+    monkeypatch.setenv("SXBENCH_CACHE", str(tmp_path / "cache"))
+    flux = shutil.copytree(pretrained / "flux", tmp_path / "flux")
+    with pytest.raises(FileNotFoundError, match="text_encoder/"):
+        load_pretrained("tiny", "lora", flux=flux, siglip=None)
+    write_tiny_text_encoders(flux, width=64)
+    model = load_pretrained("tiny", "lora", flux=flux, siglip=None)
+    want = encode_instruction(flux)
+    assert model.prompt_embeds.shape == (MAX_SEQUENCE_LENGTH, 64) and model.pooled_prompt_embeds.shape == (64,)
+    assert torch.equal(model.prompt_embeds.data, want["prompt_embeds"])
+    assert torch.equal(model.pooled_prompt_embeds.data, want["pooled_prompt_embeds"])
+
+
 def test_stages_1_and_2_on_a_pretrained_base(tmp_path, data, pretrained):
     """The full preset's path (--flux/--siglip/--prompt-embeds), wired with tiny models in the real formats."""
     from diffusers import FluxTransformer2DModel

@@ -1,0 +1,66 @@
+"""FLUX.1-Kontext folders (``styleexpert.kontext``): a tiny folder of the real classes written as
+``save_pretrained`` lays it out loads and runs in diffusers' own ``FluxKontextPipeline``; the instruction encoded
+by ``encode_instruction`` is the pipeline's ``encode_prompt``; it is cached per folder and prompt; a folder that
+is not one says what to download."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from styleexpert import kontext
+
+
+@pytest.fixture(scope="module")
+def tiny_kontext(tmp_path_factory) -> Path:
+    return kontext.write_tiny_kontext(tmp_path_factory.mktemp("kontext") / "FLUX.1-Kontext-dev")
+
+
+def test_the_tiny_folder_has_the_real_layout_and_runs_in_diffusers(tiny_kontext):
+    from diffusers import FluxKontextPipeline
+
+    assert {p.name for p in tiny_kontext.iterdir()} >= {"transformer", "vae", "text_encoder", "text_encoder_2",
+                                                         "tokenizer", "tokenizer_2", "scheduler", "model_index.json"}
+    pipe = FluxKontextPipeline.from_pretrained(tiny_kontext)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    out = pipe(image=image, prompt=kontext.INSTRUCTION, height=32, width=32, num_inference_steps=2,
+               guidance_scale=3.5, generator=torch.Generator().manual_seed(0), max_sequence_length=16,
+               max_area=32 * 32, _auto_resize=False, output_type="np").images
+    assert out.shape == (1, 32, 32, 3) and np.isfinite(out).all()
+
+
+def test_the_instruction_is_the_pipelines_own_encoding_and_is_cached(tiny_kontext, tmp_path, monkeypatch):
+    from diffusers import FluxKontextPipeline
+
+    monkeypatch.setenv("SXBENCH_CACHE", str(tmp_path / "cache"))
+    got = kontext.encode_instruction(tiny_kontext, max_sequence_length=16)
+    pipe = FluxKontextPipeline.from_pretrained(tiny_kontext)
+    want, pooled, _ = pipe.encode_prompt(prompt=kontext.INSTRUCTION, prompt_2=None, max_sequence_length=16)
+    assert got["prompt_embeds"].shape == (16, 32) and got["pooled_prompt_embeds"].shape == (32,)
+    torch.testing.assert_close(got["prompt_embeds"], want[0].float())
+    torch.testing.assert_close(got["pooled_prompt_embeds"], pooled[0].float())
+    other = kontext.encode_instruction(tiny_kontext, "a different instruction", max_sequence_length=16)
+    assert not torch.equal(other["prompt_embeds"], got["prompt_embeds"])
+    assert len(list((tmp_path / "cache" / "prompts").glob("*.safetensors"))) == 2
+
+    def refuse(*a, **k):
+        raise AssertionError("the text encoders were loaded again: the cache was not used")
+
+    import transformers
+
+    monkeypatch.setattr(transformers.T5EncoderModel, "from_pretrained", refuse)
+    monkeypatch.setattr(transformers.CLIPTextModel, "from_pretrained", refuse)
+    again = kontext.encode_instruction(tiny_kontext, max_sequence_length=16)
+    torch.testing.assert_close(again["prompt_embeds"], got["prompt_embeds"])
+
+
+def test_a_folder_that_is_not_kontext_names_the_download(tmp_path):
+    (tmp_path / "transformer").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        kontext.encode_instruction(tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and kontext.HUB_ID in msg and "text_encoder_2/" in msg and str(tmp_path) in msg
