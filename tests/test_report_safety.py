@@ -297,8 +297,11 @@ def test_trade_off_axes_take_each_metrics_direction(monkeypatch, tmp_path):
 
 def test_the_report_names_no_folder_of_the_machine(tmp_path, monkeypatch):
     """A run folder inside the home folder, a method whose checkpoint lies in the home folder and one in the
-    installed package: neither the run folder's nor the home folder's absolute path is anywhere in the page or its
-    data files (they read ``.`` and ``~``), and the packaged checkpoint reads relative to its import root."""
+    installed package: neither the run folder's, the home folder's nor the virtual environment's absolute path (the
+    provenance's command line) is anywhere in the page or its data files (they read ``.``, ``~`` and
+    ``$VIRTUAL_ENV``), and the packaged checkpoint reads relative to its import root."""
+    import sys
+
     from sxbench.cli import main
 
     home = tmp_path / "home"
@@ -315,7 +318,8 @@ def test_the_report_names_no_folder_of_the_machine(tmp_path, monkeypatch):
     assert len(files) > 2
     for f in files:
         text = f.read_text()
-        for machine in {str(run), str(run.resolve()), str(home), str(home.resolve())}:
+        venv = {sys.prefix} if sys.prefix != sys.base_prefix else set()
+        for machine in {str(run), str(run.resolve()), str(home), str(home.resolve()), *venv}:
             assert machine not in text, f"{f.name} names {machine}"
     html = (run / "index.html").read_text()
     assert "checkpoint: ~/ckpt/mine" in html and "checkpoint: styleexpert/checkpoints/styleexpert" in html

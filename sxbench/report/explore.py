@@ -121,9 +121,14 @@ def thumbnail(run_dir: Path, rel: str | None) -> str | None:
 
 
 def portable(text: str, run_dir: Path) -> str:
-    """``text`` with the run folder's absolute path written ``.`` and the home folder ``~``: the report names no
+    """``text`` with the run folder's absolute path written ``.``, a virtual environment's ``$VIRTUAL_ENV`` (the
+    command line in the provenance: ``$VIRTUAL_ENV/bin/sxbench``) and the home folder ``~``: the report names no
     folder of the machine that wrote it (a zipped run folder opens anywhere)."""
-    for root, short in ((run_dir.resolve(), "."), (run_dir.absolute(), "."), (Path.home().resolve(), "~"),
+    import sys
+
+    venv = [(Path(sys.prefix).resolve(), "$VIRTUAL_ENV"), (Path(sys.prefix), "$VIRTUAL_ENV")] \
+        if sys.prefix != sys.base_prefix else []  # a system Python's /usr is no folder of this machine's own
+    for root, short in ((run_dir.resolve(), "."), (run_dir.absolute(), "."), *venv, (Path.home().resolve(), "~"),
                         (Path.home(), "~")):
         s = str(root)
         if len(s) > 1:  # the whole path only: /root is replaced in /root/x, never in /rootfs
