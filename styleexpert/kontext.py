@@ -60,6 +60,41 @@ def check_folder(flux: str | Path, parts: tuple[str, ...] = ("transformer", "vae
     return flux
 
 
+def folder_fingerprint(flux: str | Path) -> str:
+    """A short fingerprint of a Kontext folder's weights without reading them: every file's relative path and size
+    under ``transformer/``, ``vae/`` and the text parts (a method's parameter: other weights, other outputs)."""
+    flux = Path(flux)
+    h = hashlib.sha256()
+    for part in ("transformer", "vae", *TEXT_PARTS):
+        for f in sorted((flux / part).rglob("*")):
+            if f.is_file():
+                h.update(f"{f.relative_to(flux)}:{f.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def preset_for_folder(flux: str | Path, *, resolution: int = 1024, steps: int = 28,
+                      guidance: float | None = 3.5) -> dict:
+    """The ``full`` preset with the transformer and autoencoder sizes read from the folder's own configs (the real
+    FLUX.1-Kontext-dev gives the ``full`` preset back; a tiny folder gives its tiny sizes), sampling at
+    ``resolution`` with ``steps`` and ``guidance``."""
+    import copy
+
+    from styleexpert.presets import get_preset
+
+    flux = check_folder(flux, ("transformer", "vae"))
+    cfg = copy.deepcopy(get_preset("full"))
+    tcfg = json.loads((flux / "transformer" / "config.json").read_text())
+    cfg["transformer"] = {k: (list(tcfg[k]) if isinstance(tcfg.get(k), (list, tuple)) else tcfg.get(k, v))
+                          for k, v in cfg["transformer"].items()}
+    vcfg = json.loads((flux / "vae" / "config.json").read_text())
+    cfg["latent"] = dict(cfg["latent"], latent_channels=vcfg["latent_channels"],
+                         vae_scale=2 ** (len(vcfg["block_out_channels"]) - 1),
+                         scaling_factor=vcfg.get("scaling_factor", 1.0), shift_factor=vcfg.get("shift_factor") or 0.0)
+    cfg["name"] = f"kontext:{flux.name}"
+    cfg["sampling"] = dict(cfg["sampling"], resolution=resolution, steps=steps, guidance=guidance)
+    return cfg
+
+
 @torch.no_grad()
 def encode_instruction(flux: str | Path, prompt: str = INSTRUCTION, *, max_sequence_length: int = MAX_SEQUENCE_LENGTH,
                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -72,23 +72,13 @@ class StyleExpertMethod(Method):
 
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *,
                       seeds: Sequence[int]) -> list[torch.Tensor]:
-        res = self.model.config["sampling"]["resolution"]
-        size = contents[0].size
-
-        def prep(images: Sequence[Image.Image]) -> torch.Tensor:
-            return to_tensor([im.resize((res, res), Image.Resampling.LANCZOS) if im.size != (res, res) else im for im in images])
-
-        out = self.pipe(prep(contents), prep(styles), seeds=seeds, num_inference_steps=self.params["steps"],
-                        guidance_scale=self.params["guidance"])
-        images = out.images
-        if images.shape[-2:] != (size[1], size[0]):
-            images = torch.nn.functional.interpolate(images, size=(size[1], size[0]), mode="bicubic",
-                                                     antialias=True, align_corners=False).clamp(0, 1)
+        out, images = sample(self.pipe, self.model.config["sampling"]["resolution"], contents, styles, seeds,
+                             self.params["steps"], self.params["guidance"])
         if out.routing:
             self._routing = Routing({k: v.indices.cpu() for k, v in out.routing.items()},
                                     {k: v.weights.cpu() for k, v in out.routing.items()},
                                     self.model.config["moe"]["num_experts"])
-        return list(images.cpu())
+        return images
 
     def routing(self) -> Routing | None:
         return self._routing
@@ -115,13 +105,72 @@ class StyleExpertNoPrior(StyleExpertMethod):
     variant = "noprior"
 
 
+def sample(pipe: Any, res: int, contents: Sequence[Image.Image], styles: Sequence[Image.Image], seeds: Sequence[int],
+           steps: int, guidance: float | None) -> tuple[Any, list[torch.Tensor]]:
+    """Contents and styles resized to the model's ``res``, sampled by ``pipe`` (a ``StyleExpertPipeline``), the
+    outputs resized back to the contents' size: ``(pipeline output, images)``."""
+    size = contents[0].size
+
+    def prep(images: Sequence[Image.Image]) -> torch.Tensor:
+        return to_tensor([im.resize((res, res), Image.Resampling.LANCZOS) if im.size != (res, res) else im
+                          for im in images])
+
+    out = pipe(prep(contents), prep(styles), seeds=seeds, num_inference_steps=steps, guidance_scale=guidance)
+    images = out.images
+    if images.shape[-2:] != (size[1], size[0]):
+        images = torch.nn.functional.interpolate(images.float(), size=(size[1], size[0]), mode="bicubic",
+                                                 antialias=True, align_corners=False).clamp(0, 1)
+    return out, list(images.float().cpu())
+
+
+class FluxKontext(Method):
+    """FLUX.1-Kontext-dev with no adapters, in StyleExpert's two-image Kontext layout and instruction."""
+
+    name = "flux-kontext"
+    version = "1"
+    reference = ("Black Forest Labs, FLUX.1 Kontext (2025), black-forest-labs/FLUX.1-Kontext-dev; sampled as "
+                 "StyleExpert samples (content and style as Kontext context images, the release's instruction) "
+                 "with no experts: the paper's no-adapter point")
+    licence = "code: Apache-2.0 (this implementation, diffusers' FluxTransformer2DModel); weights: FLUX.1 [dev] Non-Commercial License"
+    deterministic = False
+    requires = ("path",)
+    """Parameters without a default: ``path``, a diffusers folder of FLUX.1-Kontext-dev."""
+
+    def __init__(self, *, device: str | torch.device = "cpu", path: str | None = None, steps: int = 28,
+                 guidance: float = 3.5, resolution: int = 1024, dtype: str = "auto") -> None:
+        from styleexpert.io import load_pretrained
+        from styleexpert.kontext import HUB_ID, check_folder, folder_fingerprint, preset_for_folder
+        from styleexpert.pipeline import StyleExpertPipeline
+
+        if path is None:
+            raise ValueError(f"flux-kontext needs --param flux-kontext.path=DIR: a diffusers folder of {HUB_ID} "
+                             f"(huggingface-cli download {HUB_ID} --local-dir DIR)")
+        folder = check_folder(path)
+        dev = torch.device(device)
+        torch_dtype = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
+                       "fp32": torch.float32}[dtype]
+        cfg = preset_for_folder(folder, resolution=resolution, steps=steps, guidance=guidance)
+        self.model = load_pretrained(cfg, "lora", flux=folder, siglip=None, dtype=torch_dtype)  # B = 0: no delta
+        self.model.to(dev).eval()
+        self.pipe = StyleExpertPipeline(self.model)
+        super().__init__(device=dev, steps=steps, guidance=guidance, resolution=resolution,
+                         dtype=str(torch_dtype).removeprefix("torch."), weights=folder_fingerprint(folder))
+        self.provenance = {"path": str(folder)}
+
+    @torch.no_grad()
+    def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *,
+                      seeds: Sequence[int]) -> list[torch.Tensor]:
+        return sample(self.pipe, self.params["resolution"], contents, styles, seeds, self.params["steps"],
+                      self.params["guidance"])[1]
+
+
 def _digest(path: Path) -> str:
     from sxbench.weights import sha256
 
     return sha256(path)
 
 
-__all__: list[Any] = ["StyleExpertLoRA", "StyleExpertMethod", "StyleExpertNoPrior", "find_checkpoint"]
+__all__: list[Any] = ["FluxKontext", "StyleExpertLoRA", "StyleExpertMethod", "StyleExpertNoPrior", "find_checkpoint"]
 
 
 # ------------------------------------------------------------------------------------ sxbench train

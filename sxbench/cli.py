@@ -200,6 +200,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 desc = f"{i.group:9s} {'higher' if i.higher_is_better else 'lower ':6s} {i.backbone or 'weight-free':12s} {i.description}"
             else:
                 desc = ((getattr(obj, "reference", "") or (obj.__doc__ or "").strip().splitlines()[0]) if obj.__doc__ or getattr(obj, "reference", "") else "")
+                needs = getattr(obj, "requires", ())  # parameters without a default (model folders)
+                if args.what == "methods" and needs:
+                    desc = f"[needs {' '.join(f'--param {name}.{r}=DIR' for r in needs)}] {desc}"
         except Exception as exc:  # a broken plugin must not hide the others
             desc = f"(fails to load: {type(exc).__name__}: {exc})"
         print(f"{name:16s} {desc}")

@@ -64,3 +64,41 @@ def test_a_folder_that_is_not_kontext_names_the_download(tmp_path):
         kontext.encode_instruction(tmp_path)
     msg = str(err.value)
     assert "\n" not in msg and kontext.HUB_ID in msg and "text_encoder_2/" in msg and str(tmp_path) in msg
+
+
+def test_flux_kontext_runs_through_sxbench_run_with_the_bare_base(tiny_kontext, tmp_path, monkeypatch):
+    """``flux-kontext`` on the tiny folder: ``sxbench run`` produces, stores and scores every sample; the model is
+    the folder's transformer unchanged (every adapter's B is 0: no delta) in StyleExpert's layout; without a folder,
+    one line names the download."""
+    from sxbench import registry
+    from sxbench.cli import main
+    from sxbench.store import Store
+
+    from diffusers import FluxTransformer2DModel
+
+    from styleexpert.io import base_state_dict
+
+    monkeypatch.setenv("SXBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    assert main(["run", "--protocol", "synth-smoke", "--methods", "flux-kontext", "--param",
+                 f"flux-kontext.path={tiny_kontext}", "--param", "flux-kontext.resolution=32", "--param",
+                 "flux-kontext.steps=2", "--metrics", "content_ssim", "--no-progress", "--out", str(out)]) == 0
+    with Store(out) as st:
+        samples, values = st.samples(), st.values()
+    assert len(samples) == 8 and (samples.status == "ok").all() and len(values) == 8
+    for rel in samples.output_path:
+        with Image.open(out / rel) as im:
+            assert im.size == (64, 64)  # the protocol's resolution, sampled at 32² and resized back
+    assert (out / "index.html").is_file()
+
+    method = registry.create_method("flux-kontext", path=str(tiny_kontext), resolution=32, steps=2)
+    want = FluxTransformer2DModel.from_pretrained(tiny_kontext / "transformer").state_dict()
+    got = base_state_dict(method.model)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    bs = [p for n, p in method.model.named_parameters() if n.endswith("lora_B")]
+    assert bs and all(bool((b == 0).all()) for b in bs)
+    assert method.info.params["steps"] == 2 and len(method.info.params["weights"]) == 16
+
+    with pytest.raises(ValueError) as err:
+        registry.create_method("flux-kontext")
+    assert "\n" not in str(err.value) and kontext.HUB_ID in str(err.value) and "flux-kontext.path=" in str(err.value)
