@@ -147,8 +147,11 @@ class FluxKontext(Method):
                              f"(huggingface-cli download {HUB_ID} --local-dir DIR)")
         folder = check_folder(path)
         dev = torch.device(device)
-        torch_dtype = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
-                       "fp32": torch.float32}[dtype]
+        dtypes = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
+                  "fp32": torch.float32}
+        if dtype not in dtypes:
+            raise ValueError(f"flux-kontext.dtype={dtype!r}: expected one of {', '.join(dtypes)}")
+        torch_dtype = dtypes[dtype]
         cfg = preset_for_folder(folder, resolution=resolution, steps=steps, guidance=guidance)
         self.model = load_pretrained(cfg, "lora", flux=folder, siglip=None, dtype=torch_dtype)  # B = 0: no delta
         self.model.to(dev).eval()
