@@ -73,10 +73,10 @@ def folder_fingerprint(flux: str | Path) -> str:
 
 
 def preset_for_folder(flux: str | Path, *, resolution: int = 1024, steps: int = 28,
-                      guidance: float | None = 3.5) -> dict:
+                      guidance: float | None = 3.5, siglip: str | Path | None = None) -> dict:
     """The ``full`` preset with the transformer and autoencoder sizes read from the folder's own configs (the real
-    FLUX.1-Kontext-dev gives the ``full`` preset back; a tiny folder gives its tiny sizes), sampling at
-    ``resolution`` with ``steps`` and ``guidance``."""
+    FLUX.1-Kontext-dev gives the ``full`` preset back; a tiny folder gives its tiny sizes), and the style
+    backbone's from ``siglip``'s config when given; sampling at ``resolution`` with ``steps`` and ``guidance``."""
     import copy
 
     from styleexpert.presets import get_preset
@@ -90,6 +90,10 @@ def preset_for_folder(flux: str | Path, *, resolution: int = 1024, steps: int = 
     cfg["latent"] = dict(cfg["latent"], latent_channels=vcfg["latent_channels"],
                          vae_scale=2 ** (len(vcfg["block_out_channels"]) - 1),
                          scaling_factor=vcfg.get("scaling_factor", 1.0), shift_factor=vcfg.get("shift_factor") or 0.0)
+    if siglip is not None:
+        scfg = json.loads((Path(siglip) / "config.json").read_text())
+        scfg = scfg.get("vision_config", scfg)  # a whole SigLIP checkpoint or its vision tower
+        cfg["encoder"]["backbone"] = {k: scfg.get(k, v) for k, v in cfg["encoder"]["backbone"].items()}
     cfg["name"] = f"kontext:{flux.name}"
     cfg["sampling"] = dict(cfg["sampling"], resolution=resolution, steps=steps, guidance=guidance)
     return cfg

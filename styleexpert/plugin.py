@@ -49,10 +49,16 @@ class StyleExpertMethod(Method):
     """tiny-v2 checkpoints route with the registry's DINOv2-S (``sxbench weights fetch dinov2-s``)."""
 
     def __init__(self, *, device: str | torch.device = "cpu", checkpoint: str | None = None, steps: int | None = None,
-                 guidance: float | None = None, weights_dir: str | None = None) -> None:
+                 guidance: float | None = None, weights_dir: str | None = None, flux: str | None = None,
+                 siglip: str | None = None, adapters: str | None = None, projector: str | None = None,
+                 resolution: int = 1024, dtype: str = "auto") -> None:
         from styleexpert.io import load_checkpoint, read_config
         from styleexpert.pipeline import StyleExpertPipeline
 
+        self._routing: Routing | None = None
+        if flux is not None:  # full size: FLUX.1-Kontext-dev + SigLIP folders and the adapter/projector files
+            self._init_full(device, flux, siglip, adapters, projector, steps, guidance, resolution, dtype)
+            return
         path = find_checkpoint(self.name, checkpoint)
         reproduce = read_config(path).get("command")
         self.model = load_checkpoint(path, device=device, weights_root=weights_dir)
@@ -68,7 +74,67 @@ class StyleExpertMethod(Method):
                          **({"backbone_sha256": backbone} if backbone else {}))
         # where the weights live is not what they are: a moved clone keeps its stored outputs
         self.provenance = {"checkpoint": str(path), **({"reproduce": reproduce} if reproduce else {})}
-        self._routing: Routing | None = None
+
+    def _init_full(self, device: str | torch.device, flux: str, siglip: str | None, adapters: str | None,
+                   projector: str | None, steps: int | None, guidance: float | None, resolution: int,
+                   dtype: str) -> None:
+        """The model from the release's parts: ``flux`` (a diffusers folder of FLUX.1-Kontext-dev; its text
+        encoders encode the instruction, cached), ``siglip`` (google/siglip-so400m-patch14-384), ``adapters``
+        (the release's MoE file, keys ``[transformer.]<module>.lora_layer.<loraA|loraB|shared_A|shared_B|
+        cond_gate.weight>``, weighed as the release does; or ``adapters.safetensors`` of a checkpoint of ours,
+        told apart by its folder's ``config.json``) and ``projector`` (the release's
+        ``SigLIPMultiFeatProjModel`` file or our ``encoder.safetensors``; detected). Release defaults: 1024²,
+        28 steps, guidance 3.5, bf16 on CUDA."""
+        import json
+
+        from safetensors.torch import load_file
+
+        from styleexpert.io import _load_adapters, load_pretrained, load_released_adapters, released_projector_state_dict
+        from styleexpert.kontext import check_folder, folder_fingerprint, preset_for_folder
+        from styleexpert.pipeline import StyleExpertPipeline
+
+        folder = check_folder(flux)
+        needs = {"adapters": adapters} | ({} if self.variant == "lora" else {"siglip": siglip, "projector": projector})
+        missing = [k for k, v in needs.items() if v is None]
+        if missing:
+            raise ValueError(f"{self.name} with flux= also needs {', '.join(f'--param {self.name}.{k}=PATH' for k in missing)}"
+                             " (siglip: google/siglip-so400m-patch14-384; adapters, projector: the release's "
+                             "HH-LG/StyleExpert weights/ files or a checkpoint of ours)")
+        dev = torch.device(device)
+        dtypes = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
+                  "fp32": torch.float32}
+        if dtype not in dtypes:
+            raise ValueError(f"{self.name}.dtype={dtype!r}: expected one of {', '.join(dtypes)}")
+        cfg = preset_for_folder(folder, resolution=resolution, steps=steps or 28,
+                                guidance=3.5 if guidance is None else guidance, siglip=siglip)
+        model = load_pretrained(cfg, self.variant, flux=folder, siglip=siglip, dtype=dtypes[dtype])
+        # the two formats share key names; ours lives in a checkpoint folder whose config.json says how it weighs
+        # its experts, any other file is the release's (its weighting: released_compat)
+        ours = Path(adapters).parent / "config.json"
+        meta = json.loads(ours.read_text()) if ours.is_file() else {}
+        released = meta.get("format") != "styleexpert" or bool(meta.get("released_compat"))
+        if released and self.variant != "lora":
+            load_released_adapters(model, adapters)
+        else:
+            _load_adapters(model, {k: v.to(dtypes[dtype]) for k, v in load_file(str(adapters)).items()})
+        digests = {"adapters_sha256": _digest(Path(adapters))}
+        if projector is not None:
+            pstate = load_file(str(projector))
+            if any(k.startswith(("proj_model.", "embedding_linears.")) for k in pstate):
+                pstate = released_projector_state_dict(pstate, cfg["encoder"]["layer_indices"])
+            else:
+                pstate = {k.removeprefix("projector."): v for k, v in pstate.items() if k.startswith("projector.")}
+            model.style_encoder.projector.load_state_dict({k: v.to(dtypes[dtype]) for k, v in pstate.items()})
+            digests["projector_sha256"] = _digest(Path(projector))
+        self.model = model.to(dev).eval()
+        self.pipe = StyleExpertPipeline(self.model)
+        sampling = cfg["sampling"]
+        Method.__init__(self, device=dev, steps=sampling["steps"], guidance=sampling["guidance"],
+                        resolution=resolution, dtype=str(dtypes[dtype]).removeprefix("torch."),
+                        released_adapters=released, flux=folder_fingerprint(folder),
+                        **({"siglip": folder_fingerprint_siglip(siglip)} if siglip else {}), **digests)
+        self.provenance = {"flux": str(folder), **({"siglip": str(siglip)} if siglip else {}), "adapters": str(adapters),
+                           **({"projector": str(projector)} if projector else {})}
 
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *,
                       seeds: Sequence[int]) -> list[torch.Tensor]:
@@ -165,6 +231,18 @@ class FluxKontext(Method):
                       seeds: Sequence[int]) -> list[torch.Tensor]:
         return sample(self.pipe, self.params["resolution"], contents, styles, seeds, self.params["steps"],
                       self.params["guidance"])[1]
+
+
+def folder_fingerprint_siglip(siglip: str | os.PathLike) -> str:
+    """Every file's relative path and size in the SigLIP folder, hashed (its weights are gigabytes: not read)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(siglip)
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            h.update(f"{f.relative_to(root)}:{f.stat().st_size}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _digest(path: Path) -> str:

@@ -102,3 +102,59 @@ def test_flux_kontext_runs_through_sxbench_run_with_the_bare_base(tiny_kontext, 
     with pytest.raises(ValueError) as err:
         registry.create_method("flux-kontext")
     assert "\n" not in str(err.value) and kontext.HUB_ID in str(err.value) and "flux-kontext.path=" in str(err.value)
+
+
+def test_styleexpert_at_full_size_from_the_release_parts(tiny_kontext, tmp_path, monkeypatch):
+    """``styleexpert`` with ``flux=``, ``siglip=``, ``adapters=``, ``projector=`` (tiny folders of the real classes):
+    the instruction is encoded from the folder itself (no embedding file anywhere), ``sxbench run`` produces,
+    stores, scores and routes every sample; the release's adapter format is detected and loads the same weights
+    as ours, in the release's weighting."""
+    from safetensors.torch import save_file
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from sxbench import registry
+    from sxbench.cli import main
+    from sxbench.store import Store
+
+    from styleexpert import inject
+    from styleexpert.io import RELEASED_KEYS, load_pretrained, save_checkpoint
+
+    monkeypatch.setenv("SXBENCH_CACHE", str(tmp_path / "cache"))
+    siglip = tmp_path / "siglip"
+    torch.manual_seed(0)
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=20,
+                                         num_attention_heads=2, image_size=28, patch_size=14)).save_pretrained(siglip)
+    cfg = kontext.preset_for_folder(tiny_kontext, resolution=32, steps=2, siglip=siglip)
+    ref = load_pretrained(cfg, "moe", flux=tiny_kontext, siglip=siglip)
+    with torch.no_grad():
+        for p in inject.adapter_state_dict(ref.transformer).values():
+            p.copy_(0.05 * torch.randn_like(p))
+    save_checkpoint(ref, tmp_path / "ckpt", include_base=False)  # ours: adapters.safetensors, encoder.safetensors
+    released = {f"transformer.{name}.lora_layer.{leaf}": layer.lora_layer.get_parameter(leaf).detach().contiguous()
+                for name, layer in inject.adapters(ref.transformer).items() for leaf in RELEASED_KEYS}
+    save_file(released, str(tmp_path / "moe_released.safetensors"))
+    (tmp_path / "ckpt" / "prompt.safetensors").unlink()  # the instruction must come from the folder, not a file
+    assert not list(tmp_path.glob("**/prompt*.safetensors"))
+
+    params = [f"styleexpert.flux={tiny_kontext}", f"styleexpert.siglip={siglip}",
+              f"styleexpert.adapters={tmp_path / 'ckpt' / 'adapters.safetensors'}",
+              f"styleexpert.projector={tmp_path / 'ckpt' / 'encoder.safetensors'}", "styleexpert.resolution=32",
+              "styleexpert.steps=2"]
+    out = tmp_path / "run"
+    assert main(["run", "--protocol", "synth-smoke", "--methods", "styleexpert", "--metrics", "content_ssim",
+                 "--no-progress", "--out", str(out), *[a for p in params for a in ("--param", p)]]) == 0
+    with Store(out) as st:
+        samples, routing = st.samples(), st.routing()
+    assert len(samples) == 8 and (samples.status == "ok").all() and len(routing) > 0
+
+    kw = {"flux": str(tiny_kontext), "siglip": str(siglip), "projector": str(tmp_path / "ckpt" / "encoder.safetensors"),
+          "resolution": 32, "steps": 2}
+    a = registry.create_method("styleexpert", adapters=str(tmp_path / "ckpt" / "adapters.safetensors"), **kw)
+    b = registry.create_method("styleexpert", adapters=str(tmp_path / "moe_released.safetensors"), **kw)
+    assert a.params["released_adapters"] is False and b.params["released_adapters"] is True
+    wa, wb = inject.adapter_state_dict(a.model.transformer), inject.adapter_state_dict(b.model.transformer)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(m.released_compat for m in inject.adapters(b.model.transformer).values())
+    torch.testing.assert_close(a.model.prompt_embeds, kontext.encode_instruction(tiny_kontext)["prompt_embeds"])
+    with pytest.raises(ValueError, match="styleexpert.siglip=PATH"):
+        registry.create_method("styleexpert", flux=str(tiny_kontext), adapters=str(tmp_path / "ckpt" / "adapters.safetensors"))
