@@ -108,7 +108,7 @@ def test_styleexpert_at_full_size_from_the_release_parts(tiny_kontext, tmp_path,
     """``styleexpert`` with ``flux=``, ``siglip=``, ``adapters=``, ``projector=`` (tiny folders of the real classes):
     the instruction is encoded from the folder itself (no embedding file anywhere), ``sxbench run`` produces,
     stores, scores and routes every sample; the release's adapter format is detected and loads the same weights
-    as ours, in the release's weighting."""
+    as ours, in the release's weighting, and gives the same outputs as our checkpoint saved with that weighting."""
     from safetensors.torch import save_file
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
@@ -156,5 +156,17 @@ def test_styleexpert_at_full_size_from_the_release_parts(tiny_kontext, tmp_path,
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert all(m.released_compat for m in inject.adapters(b.model.transformer).values())
     torch.testing.assert_close(a.model.prompt_embeds, kontext.encode_instruction(tiny_kontext)["prompt_embeds"])
+    # our checkpoint saved with the release's weighting gives the same outputs as the release's file
+    for layer in inject.adapters(ref.transformer).values():
+        layer.released_compat = True
+    save_checkpoint(ref, tmp_path / "compat", include_base=False)
+    c = registry.create_method("styleexpert", adapters=str(tmp_path / "compat" / "adapters.safetensors"), **kw)
+    rng = np.random.default_rng(1)
+    contents = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    styles = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(2)]
+    got_c, got_b = c.stylize_batch(contents, styles, seeds=[0, 1]), b.stylize_batch(contents, styles, seeds=[0, 1])
+    assert all(torch.equal(x, y) for x, y in zip(got_c, got_b))
+    got_a = a.stylize_batch(contents, styles, seeds=[0, 1])
+    assert not all(torch.equal(x, y) for x, y in zip(got_a, got_b))  # the two weightings differ: the test can fail
     with pytest.raises(ValueError, match="styleexpert.siglip=PATH"):
         registry.create_method("styleexpert", flux=str(tiny_kontext), adapters=str(tmp_path / "ckpt" / "adapters.safetensors"))
