@@ -38,16 +38,27 @@ def _cache_dir() -> Path:
     return Path(root).expanduser() / "prompts" if root else Path.home() / ".cache" / "sxbench" / "prompts"
 
 
-def _folder_key(flux: Path) -> str:
-    """What identifies the text encoders' files without reading gigabytes: every file's relative path, size and
-    modification time."""
+def files_fingerprint(root: str | Path, parts: tuple[str, ...] = (".",), *, mtime: bool = False) -> str:
+    """What identifies gigabytes of weights without reading them: the sha256 (hex) of every file's path relative to
+    ``root``, its size and, with ``mtime``, its modification time, under ``root/part`` for each of ``parts``."""
+    root = Path(root)
     h = hashlib.sha256()
-    for part in TEXT_PARTS:
-        for f in sorted((flux / part).rglob("*")):
+    for part in parts:
+        for f in sorted((root / part).rglob("*")):
             if f.is_file():
                 st = f.stat()
-                h.update(f"{f.relative_to(flux)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                h.update(f"{f.relative_to(root)}:{st.st_size}{f':{st.st_mtime_ns}' if mtime else ''}\n".encode())
     return h.hexdigest()
+
+
+def torch_dtype(name: str, device: torch.device, what: str) -> torch.dtype:
+    """``auto`` (bf16 on CUDA, else float32), ``bf16`` or ``fp32``; anything else is one line naming ``what``
+    (the parameter) and the choices."""
+    dtypes = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
+              "fp32": torch.float32}
+    if name not in dtypes:
+        raise ValueError(f"{what}={name!r}: expected one of {', '.join(dtypes)}")
+    return dtypes[name]
 
 
 def check_folder(flux: str | Path, parts: tuple[str, ...] = ("transformer", "vae", *TEXT_PARTS)) -> Path:
@@ -63,13 +74,7 @@ def check_folder(flux: str | Path, parts: tuple[str, ...] = ("transformer", "vae
 def folder_fingerprint(flux: str | Path) -> str:
     """A short fingerprint of a Kontext folder's weights without reading them: every file's relative path and size
     under ``transformer/``, ``vae/`` and the text parts (a method's parameter: other weights, other outputs)."""
-    flux = Path(flux)
-    h = hashlib.sha256()
-    for part in ("transformer", "vae", *TEXT_PARTS):
-        for f in sorted((flux / part).rglob("*")):
-            if f.is_file():
-                h.update(f"{f.relative_to(flux)}:{f.stat().st_size}\n".encode())
-    return h.hexdigest()[:16]
+    return files_fingerprint(flux, ("transformer", "vae", *TEXT_PARTS))[:16]
 
 
 def preset_for_folder(flux: str | Path, *, resolution: int = 1024, steps: int = 28,
@@ -109,7 +114,7 @@ def encode_instruction(flux: str | Path, prompt: str = INSTRUCTION, *, max_seque
     from safetensors.torch import load_file, save
 
     flux = check_folder(flux, TEXT_PARTS)
-    key = hashlib.sha256(json.dumps([_folder_key(flux), prompt, max_sequence_length]).encode()).hexdigest()[:32]
+    key = hashlib.sha256(json.dumps([files_fingerprint(flux, TEXT_PARTS, mtime=True), prompt, max_sequence_length]).encode()).hexdigest()[:32]
     path = _cache_dir() / f"{key}.safetensors"
     if cache and path.is_file():
         return load_file(str(path))

@@ -90,7 +90,8 @@ class StyleExpertMethod(Method):
         from safetensors.torch import load_file
 
         from styleexpert.io import _load_adapters, load_pretrained, load_released_adapters, released_projector_state_dict
-        from styleexpert.kontext import check_folder, folder_fingerprint, preset_for_folder
+        from styleexpert.kontext import (check_folder, files_fingerprint, folder_fingerprint, preset_for_folder,
+                                         torch_dtype)
         from styleexpert.pipeline import StyleExpertPipeline
 
         folder = check_folder(flux)
@@ -101,13 +102,10 @@ class StyleExpertMethod(Method):
                              " (siglip: google/siglip-so400m-patch14-384; adapters, projector: the release's "
                              "HH-LG/StyleExpert weights/ files or a checkpoint of ours)")
         dev = torch.device(device)
-        dtypes = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
-                  "fp32": torch.float32}
-        if dtype not in dtypes:
-            raise ValueError(f"{self.name}.dtype={dtype!r}: expected one of {', '.join(dtypes)}")
+        dt = torch_dtype(dtype, dev, f"{self.name}.dtype")
         cfg = preset_for_folder(folder, resolution=resolution, steps=steps or 28,
                                 guidance=3.5 if guidance is None else guidance, siglip=siglip)
-        model = load_pretrained(cfg, self.variant, flux=folder, siglip=siglip, dtype=dtypes[dtype])
+        model = load_pretrained(cfg, self.variant, flux=folder, siglip=siglip, dtype=dt)
         # the two formats share key names; ours lives in a checkpoint folder whose config.json says how it weighs
         # its experts, any other file is the release's (its weighting: released_compat)
         ours = Path(adapters).parent / "config.json"
@@ -116,7 +114,7 @@ class StyleExpertMethod(Method):
         if released and self.variant != "lora":
             load_released_adapters(model, adapters)
         else:
-            _load_adapters(model, {k: v.to(dtypes[dtype]) for k, v in load_file(str(adapters)).items()})
+            _load_adapters(model, {k: v.to(dt) for k, v in load_file(str(adapters)).items()})
         digests = {"adapters_sha256": _digest(Path(adapters))}
         if projector is not None:
             pstate = load_file(str(projector))
@@ -124,15 +122,15 @@ class StyleExpertMethod(Method):
                 pstate = released_projector_state_dict(pstate, cfg["encoder"]["layer_indices"])
             else:
                 pstate = {k.removeprefix("projector."): v for k, v in pstate.items() if k.startswith("projector.")}
-            model.style_encoder.projector.load_state_dict({k: v.to(dtypes[dtype]) for k, v in pstate.items()})
+            model.style_encoder.projector.load_state_dict({k: v.to(dt) for k, v in pstate.items()})
             digests["projector_sha256"] = _digest(Path(projector))
         self.model = model.to(dev).eval()
         self.pipe = StyleExpertPipeline(self.model)
         sampling = cfg["sampling"]
         Method.__init__(self, device=dev, steps=sampling["steps"], guidance=sampling["guidance"],
-                        resolution=resolution, dtype=str(dtypes[dtype]).removeprefix("torch."),
+                        resolution=resolution, dtype=str(dt).removeprefix("torch."),
                         released_adapters=released, flux=folder_fingerprint(folder),
-                        **({"siglip": folder_fingerprint_siglip(siglip)} if siglip else {}), **digests)
+                        **({"siglip": files_fingerprint(siglip)[:16]} if siglip else {}), **digests)
         self.provenance = {"flux": str(folder), **({"siglip": str(siglip)} if siglip else {}), "adapters": str(adapters),
                            **({"projector": str(projector)} if projector else {})}
 
@@ -205,7 +203,7 @@ class FluxKontext(Method):
     def __init__(self, *, device: str | torch.device = "cpu", path: str | None = None, steps: int = 28,
                  guidance: float = 3.5, resolution: int = 1024, dtype: str = "auto") -> None:
         from styleexpert.io import load_pretrained
-        from styleexpert.kontext import HUB_ID, check_folder, folder_fingerprint, preset_for_folder
+        from styleexpert.kontext import HUB_ID, check_folder, folder_fingerprint, preset_for_folder, torch_dtype
         from styleexpert.pipeline import StyleExpertPipeline
 
         if path is None:
@@ -213,17 +211,13 @@ class FluxKontext(Method):
                              f"(huggingface-cli download {HUB_ID} --local-dir DIR)")
         folder = check_folder(path)
         dev = torch.device(device)
-        dtypes = {"auto": torch.bfloat16 if dev.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
-                  "fp32": torch.float32}
-        if dtype not in dtypes:
-            raise ValueError(f"flux-kontext.dtype={dtype!r}: expected one of {', '.join(dtypes)}")
-        torch_dtype = dtypes[dtype]
+        dt = torch_dtype(dtype, dev, f"{self.name}.dtype")
         cfg = preset_for_folder(folder, resolution=resolution, steps=steps, guidance=guidance)
-        self.model = load_pretrained(cfg, "lora", flux=folder, siglip=None, dtype=torch_dtype)  # B = 0: no delta
+        self.model = load_pretrained(cfg, "lora", flux=folder, siglip=None, dtype=dt)  # B = 0: no delta
         self.model.to(dev).eval()
         self.pipe = StyleExpertPipeline(self.model)
         super().__init__(device=dev, steps=steps, guidance=guidance, resolution=resolution,
-                         dtype=str(torch_dtype).removeprefix("torch."), weights=folder_fingerprint(folder))
+                         dtype=str(dt).removeprefix("torch."), weights=folder_fingerprint(folder))
         self.provenance = {"path": str(folder)}
 
     @torch.no_grad()
@@ -231,18 +225,6 @@ class FluxKontext(Method):
                       seeds: Sequence[int]) -> list[torch.Tensor]:
         return sample(self.pipe, self.params["resolution"], contents, styles, seeds, self.params["steps"],
                       self.params["guidance"])[1]
-
-
-def folder_fingerprint_siglip(siglip: str | os.PathLike) -> str:
-    """Every file's relative path and size in the SigLIP folder, hashed (its weights are gigabytes: not read)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    root = Path(siglip)
-    for f in sorted(root.rglob("*")):
-        if f.is_file():
-            h.update(f"{f.relative_to(root)}:{f.stat().st_size}\n".encode())
-    return h.hexdigest()[:16]
 
 
 def _digest(path: Path) -> str:
