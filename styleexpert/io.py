@@ -307,3 +307,15 @@ def released_projector_state_dict(state: dict[str, torch.Tensor], layer_indices:
             rest = rest.removeprefix("0.")
         out[f"{names[group]}.{layer_indices.index(int(idx))}.{rest}"] = v
     return out
+
+
+def release_projector_state_dict(state: dict[str, torch.Tensor], layer_indices: list[int]) -> dict[str, torch.Tensor]:
+    """``StyleProjector`` keys in the release's ``SigLIPMultiFeatProjModel`` layout (with its ``proj_model.``
+    prefix): the inverse of ``released_projector_state_dict``, for writing files in the release's format."""
+    names = {"token_mix": "embedding_linears", "norm": "layer_norms", "proj": "projections"}
+    out = {}
+    for k, v in state.items():
+        group, i, rest = k.split(".", 2)
+        rest = f"0.{rest}" if group == "token_mix" else rest
+        out[f"proj_model.{names[group]}.{layer_indices[int(i)]}.{rest}"] = v
+    return out

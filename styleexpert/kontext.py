@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from sxbench.folders import files_fingerprint
+
 INSTRUCTION = "Generate an image using the object from IMG1 in the style of IMG2"
 """The release's instruction (the example its Jittor port calls officially supported; PAPER.md §7)."""
 MAX_SEQUENCE_LENGTH = 128
@@ -36,29 +38,6 @@ TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
 def _cache_dir() -> Path:
     root = os.environ.get("SXBENCH_CACHE")
     return Path(root).expanduser() / "prompts" if root else Path.home() / ".cache" / "sxbench" / "prompts"
-
-
-def files_fingerprint(root: str | Path, parts: tuple[str, ...] = (".",), *, mtime: bool = False) -> str:
-    """What identifies gigabytes of weights without reading them: the sha256 (hex) of every file's path relative to
-    ``root``, its size and, with ``mtime``, its modification time, under ``root/part`` for each of ``parts``."""
-    root = Path(root)
-    h = hashlib.sha256()
-    for part in parts:
-        for f in sorted((root / part).rglob("*")):
-            if f.is_file():
-                st = f.stat()
-                h.update(f"{f.relative_to(root)}:{st.st_size}{f':{st.st_mtime_ns}' if mtime else ''}\n".encode())
-    return h.hexdigest()
-
-
-def torch_dtype(name: str, device: torch.device, what: str) -> torch.dtype:
-    """``auto`` (bf16 on CUDA, else float32), ``bf16`` or ``fp32``; anything else is one line naming ``what``
-    (the parameter) and the choices."""
-    dtypes = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "bf16": torch.bfloat16,
-              "fp32": torch.float32}
-    if name not in dtypes:
-        raise ValueError(f"{what}={name!r}: expected one of {', '.join(dtypes)}")
-    return dtypes[name]
 
 
 def check_folder(flux: str | Path, parts: tuple[str, ...] = ("transformer", "vae", *TEXT_PARTS)) -> Path:
@@ -229,13 +208,59 @@ def write_tiny_kontext(root: str | Path, seed: int = 0) -> Path:
     return root
 
 
+RELEASE_PARTS = ("flux", "siglip", "adapters", "projector")
+
+
+def write_tiny_release(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """The four parts ``styleexpert`` takes at full size, tiny and random, in the release's formats:
+    ``flux`` (``root/FLUX.1-Kontext-dev``, ``write_tiny_kontext``), ``siglip`` (``root/siglip-so400m-patch14-384``,
+    a ``SiglipVisionModel`` of width 16 with 20 layers, as many as the encoder reads, at 28² in patches of 14),
+    ``adapters`` (``root/StyleExpert/weights/moe.safetensors``: experts of the release's key layout, random) and
+    ``projector`` (``root/StyleExpert/weights/projector.safetensors``: the release's ``SigLIPMultiFeatProjModel``
+    keys). Returns the four paths by parameter name."""
+    from safetensors.torch import save_file
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from styleexpert import inject
+    from styleexpert.io import RELEASED_KEYS, load_pretrained, release_projector_state_dict
+
+    root = Path(root)
+    flux = write_tiny_kontext(root / "FLUX.1-Kontext-dev", seed)
+    siglip = root / "siglip-so400m-patch14-384"
+    torch.manual_seed(seed)
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=20,
+                                         num_attention_heads=2, image_size=28, patch_size=14)).save_pretrained(siglip)
+    cfg = preset_for_folder(flux, siglip=siglip)
+    model = load_pretrained(cfg, "moe", flux=flux, siglip=siglip, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in inject.adapter_state_dict(model.transformer).values():
+            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    weights = root / "StyleExpert" / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    released = {f"transformer.{name}.lora_layer.{leaf}": layer.lora_layer.get_parameter(leaf).detach().contiguous()
+                for name, layer in inject.adapters(model.transformer).items() for leaf in RELEASED_KEYS}
+    save_file(released, str(weights / "moe.safetensors"))
+    projector = release_projector_state_dict(model.style_encoder.projector.state_dict(), cfg["encoder"]["layer_indices"])
+    save_file({k: v.contiguous() for k, v in projector.items()}, str(weights / "projector.safetensors"))
+    return {"flux": flux, "siglip": siglip, "adapters": weights / "moe.safetensors",
+            "projector": weights / "projector.safetensors"}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 2 or args[0] != "tiny":
-        print("usage: python -m styleexpert.kontext tiny OUT   (a tiny random FLUX.1-Kontext folder of the real "
-              "classes, for trying sxbench's Kontext methods on a CPU)", file=sys.stderr)
+    if len(args) != 2 or args[0] not in ("tiny", "tiny-release"):
+        print("usage: python -m styleexpert.kontext tiny OUT           (a tiny random FLUX.1-Kontext folder of the "
+              "real classes, for trying sxbench's Kontext methods on a CPU)\n"
+              "       python -m styleexpert.kontext tiny-release OUT   (that folder, a tiny SigLIP and StyleExpert "
+              "adapter and projector files in the release's formats: styleexpert's four full-size parts)",
+              file=sys.stderr)
         return 2
-    print(write_tiny_kontext(args[1]))
+    if args[0] == "tiny":
+        print(write_tiny_kontext(args[1]))
+    else:
+        for k, v in write_tiny_release(args[1]).items():
+            print(f"--param styleexpert.{k}={v}")
     return 0
 
 

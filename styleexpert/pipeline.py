@@ -248,11 +248,34 @@ class StyleExpertPipeline:
 
     def __init__(self, model: StyleExpert, scheduler: FlowMatchEulerDiscreteScheduler | None = None) -> None:
         self.model = model
+        self.offload: torch.device | None = None
         s = model.config["sampling"]
         self.scheduler = scheduler or FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=bool(s.get("dynamic_shift")),
             base_shift=s.get("base_shift", 0.5), max_shift=s.get("max_shift", 1.15),
             base_image_seq_len=s.get("base_seq_len", 256), max_image_seq_len=s.get("max_seq_len", 4096))
+
+    def enable_model_cpu_offload(self, device: str | torch.device) -> None:
+        """Keep the transformer, the style encoder and the VAE on the CPU, each moved to ``device`` only for its
+        stage (encode, route, denoise, decode), as diffusers' model offload does: the peak holds one component
+        (the transformer) instead of all three. Outputs are unchanged."""
+        self.offload = torch.device(device)
+        m = self.model
+        for name in ("transformer", "style_encoder", "vae"):
+            if getattr(m, name) is not None:
+                getattr(m, name).to("cpu")
+        for p in (m.prompt_embeds, m.pooled_prompt_embeds):  # small; they set where inputs go
+            p.data = p.data.to(self.offload)
+
+    def _use(self, name: str) -> None:
+        """Model offload: ``name`` on the device, the other components back on the CPU (no-op without offload)."""
+        if self.offload is None:
+            return
+        for other in ("vae", "style_encoder", "transformer"):
+            part = getattr(self.model, other)
+            if part is not None and other != name:
+                part.to("cpu")
+        getattr(self.model, name).to(self.offload)
 
     @torch.no_grad()
     def __call__(self, contents: torch.Tensor, styles: torch.Tensor, *, seeds: Sequence[int],
@@ -269,12 +292,18 @@ class StyleExpertPipeline:
         steps = num_inference_steps or s["steps"]
         if len(seeds) != contents.shape[0] or styles.shape[0] != contents.shape[0]:
             raise ValueError("contents, styles and seeds must have the same length")
+        if m.vae is not None:
+            self._use("vae")
         content_lat, context, ids = m.prepare(contents, styles)
         b, c, h, w = content_lat.shape
         p = m.config["latent"]["pack"]
         noise = torch.stack([torch.randn(c, h, w, generator=torch.Generator("cpu").manual_seed(int(sd))) for sd in seeds])
         x = pack(noise.to(m.device, m.prompt_embeds.dtype), p)
-        m.condition(styles)
+        if m.style_encoder is not None and m.variant != "lora":
+            self._use("style_encoder")
+        emb = m.style_embedding(styles)
+        self._use("transformer")
+        inject.set_style_condition(m.transformer, emb)  # the routers live in the transformer
         try:
             sigmas = np.linspace(1.0, 1.0 / steps, steps)
             kw = {"mu": resolution_shift(x.shape[1], s)} if s.get("dynamic_shift") else {}
@@ -286,6 +315,8 @@ class StyleExpertPipeline:
             route = inject.routing(m.transformer)
         finally:
             inject.set_style_condition(m.transformer, None)
+        if m.vae is not None:
+            self._use("vae")
         return StyleExpertOutput(m.decode(unpack(x, h, w, p)), route)
 
 

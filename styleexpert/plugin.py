@@ -51,13 +51,17 @@ class StyleExpertMethod(Method):
     def __init__(self, *, device: str | torch.device = "cpu", checkpoint: str | None = None, steps: int | None = None,
                  guidance: float | None = None, weights_dir: str | None = None, flux: str | None = None,
                  siglip: str | None = None, adapters: str | None = None, projector: str | None = None,
-                 resolution: int = 1024, dtype: str = "auto") -> None:
+                 resolution: int = 1024, dtype: str = "auto", offload: str = "none") -> None:
         from styleexpert.io import load_checkpoint, read_config
         from styleexpert.pipeline import StyleExpertPipeline
 
+        from sxbench.folders import check_offload
+
         self._routing: Routing | None = None
+        check_offload(offload, f"{self.name}.offload", ("none", "model"))
         if flux is not None:  # full size: FLUX.1-Kontext-dev + SigLIP folders and the adapter/projector files
             self._init_full(device, flux, siglip, adapters, projector, steps, guidance, resolution, dtype)
+            _offload(self, offload)
             return
         path = find_checkpoint(self.name, checkpoint)
         reproduce = read_config(path).get("command")
@@ -74,6 +78,7 @@ class StyleExpertMethod(Method):
                          **({"backbone_sha256": backbone} if backbone else {}))
         # where the weights live is not what they are: a moved clone keeps its stored outputs
         self.provenance = {"checkpoint": str(path), **({"reproduce": reproduce} if reproduce else {})}
+        _offload(self, offload)
 
     def _init_full(self, device: str | torch.device, flux: str, siglip: str | None, adapters: str | None,
                    projector: str | None, steps: int | None, guidance: float | None, resolution: int,
@@ -89,9 +94,10 @@ class StyleExpertMethod(Method):
 
         from safetensors.torch import load_file
 
+        from sxbench.folders import files_fingerprint, torch_dtype
+
         from styleexpert.io import _load_adapters, load_pretrained, load_released_adapters, released_projector_state_dict
-        from styleexpert.kontext import (check_folder, files_fingerprint, folder_fingerprint, preset_for_folder,
-                                         torch_dtype)
+        from styleexpert.kontext import check_folder, folder_fingerprint, preset_for_folder
         from styleexpert.pipeline import StyleExpertPipeline
 
         folder = check_folder(flux)
@@ -201,11 +207,14 @@ class FluxKontext(Method):
     """Parameters without a default: ``path``, a diffusers folder of FLUX.1-Kontext-dev."""
 
     def __init__(self, *, device: str | torch.device = "cpu", path: str | None = None, steps: int = 28,
-                 guidance: float = 3.5, resolution: int = 1024, dtype: str = "auto") -> None:
+                 guidance: float = 3.5, resolution: int = 1024, dtype: str = "auto", offload: str = "none") -> None:
+        from sxbench.folders import check_offload, torch_dtype
+
         from styleexpert.io import load_pretrained
-        from styleexpert.kontext import HUB_ID, check_folder, folder_fingerprint, preset_for_folder, torch_dtype
+        from styleexpert.kontext import HUB_ID, check_folder, folder_fingerprint, preset_for_folder
         from styleexpert.pipeline import StyleExpertPipeline
 
+        check_offload(offload, f"{self.name}.offload", ("none", "model"))
         if path is None:
             raise ValueError(f"flux-kontext needs --param flux-kontext.path=DIR: a diffusers folder of {HUB_ID} "
                              f"(huggingface-cli download {HUB_ID} --local-dir DIR)")
@@ -219,12 +228,21 @@ class FluxKontext(Method):
         super().__init__(device=dev, steps=steps, guidance=guidance, resolution=resolution,
                          dtype=str(dt).removeprefix("torch."), weights=folder_fingerprint(folder))
         self.provenance = {"path": str(folder)}
+        _offload(self, offload)
 
     @torch.no_grad()
     def stylize_batch(self, contents: Sequence[Image.Image], styles: Sequence[Image.Image], *,
                       seeds: Sequence[int]) -> list[torch.Tensor]:
         return sample(self.pipe, self.params["resolution"], contents, styles, seeds, self.params["steps"],
                       self.params["guidance"])[1]
+
+
+def _offload(method: Any, offload: str) -> None:
+    """``offload=model``: the pipeline keeps each component on the CPU until its stage runs (provenance: where
+    weights live does not change the outputs)."""
+    if offload == "model":
+        method.pipe.enable_model_cpu_offload(method.device)
+        method.provenance["offload"] = offload
 
 
 def _digest(path: Path) -> str:
