@@ -3,13 +3,21 @@
 Run: ``python benchmarks/estimate_memory.py`` (prints one line per component and per method, bf16).
 Activations come on top (at 1024² the Kontext layout has 4,096 noisy + 8,192 context image tokens + 128 text
 tokens); measure them with ``nox -s gpu_bench`` on a GPU.
+
+Configs: FLUX.1-Kontext-dev, T5-XXL, CLIP-L and SigLIP so400m as published on their model cards (the ``full``
+preset); Qwen-Image-Edit-2509 as diffusers' ``QwenImageTransformer2DModel`` / ``AutoencoderKLQwenImage``
+defaults (Qwen-Image's) and Qwen2.5-VL-7B-Instruct's config; FLUX.2 [klein] 4B as its model card and
+independent ports describe it (5 double + 20 single blocks of 24 heads × 128, 128 latent channels, Qwen3-4B:
+2,560 wide, 36 layers). Check them against the folders' ``config.json`` when you have the weights.
 """
 
 from __future__ import annotations
 
 from accelerate import init_empty_weights
-from diffusers import AutoencoderKL, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, SiglipVisionConfig, SiglipVisionModel, T5Config, T5EncoderModel
+from diffusers import (AutoencoderKL, AutoencoderKLFlux2, AutoencoderKLQwenImage, Flux2Transformer2DModel,
+                       FluxTransformer2DModel, QwenImageTransformer2DModel)
+from transformers import (CLIPTextConfig, CLIPTextModel, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                          Qwen3Config, Qwen3ForCausalLM, SiglipVisionConfig, SiglipVisionModel, T5Config, T5EncoderModel)
 
 from styleexpert.pipeline import build
 from styleexpert.presets import get_preset
@@ -19,6 +27,12 @@ GIB = 2**30
 
 def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _tied(model) -> int:
+    """Parameters of a causal LM whose config ties its output embedding to its input one (counted once: on the
+    meta device nothing ties them)."""
+    return count(model) - model.lm_head.weight.numel()
 
 
 def components() -> dict[str, int]:
@@ -39,6 +53,20 @@ def components() -> dict[str, int]:
             "SigLIP so400m vision": count(SiglipVisionModel(SiglipVisionConfig(
                 hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                 image_size=384, patch_size=14))),
+            "transformer (Qwen-Image-Edit-2509)": count(QwenImageTransformer2DModel()),
+            "Qwen2.5-VL-7B (its text encoder)": count(Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(
+                text_config={"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
+                             "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064},
+                vision_config={"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                               "out_hidden_size": 3584}, vocab_size=152064, tie_word_embeddings=False))),
+            "QwenImage VAE": count(AutoencoderKLQwenImage()),
+            "transformer (FLUX.2 klein 4B)": count(Flux2Transformer2DModel(
+                num_layers=5, num_single_layers=20, num_attention_heads=24, joint_attention_dim=3 * 2560,
+                guidance_embeds=False)),
+            "Qwen3-4B (its text encoder)": _tied(Qwen3ForCausalLM(Qwen3Config(
+                vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True))),
+            "FLUX.2 VAE": count(AutoencoderKLFlux2()),
         }
 
 
@@ -53,3 +81,12 @@ if __name__ == "__main__":
     for name, n in resident.items():
         print(f"{name:34s} resident while sampling {2 * n / GIB:5.1f} GiB; the text encoders ({2 * text / GIB:.1f} GiB) "
               "only once per instruction, freed before the transformer loads")
+    # the diffusers pipelines keep their text encoder: Qwen-Image-Edit's prompt holds the images, so its VLM runs
+    # for every sample; offload=model keeps one component on the GPU at a time (the largest sets the peak)
+    for name, parts_of in {"qwen-image-edit": ("transformer (Qwen-Image-Edit-2509)", "Qwen2.5-VL-7B (its text encoder)",
+                                               "QwenImage VAE"),
+                           "flux2-klein": ("transformer (FLUX.2 klein 4B)", "Qwen3-4B (its text encoder)",
+                                           "FLUX.2 VAE")}.items():
+        sizes = [parts[p] for p in parts_of]
+        print(f"{name:34s} resident while sampling {2 * sum(sizes) / GIB:5.1f} GiB; with offload=model "
+              f"{2 * max(sizes) / GIB:.1f} GiB at a time")

@@ -137,6 +137,9 @@ class StyleExpertMethod(Method):
                         resolution=resolution, dtype=str(dt).removeprefix("torch."),
                         released_adapters=released, flux=folder_fingerprint(folder),
                         **({"siglip": files_fingerprint(siglip)[:16]} if siglip else {}), **digests)
+        self.licence = ("code: Apache-2.0 (this implementation); weights: FLUX.1 [dev] Non-Commercial License (the "
+                        "base), Apache-2.0 (SigLIP), and the adapters' own: " + ("the release's (HH-LG/StyleExpert)"
+                                                                                 if released else "a checkpoint of ours"))
         self.provenance = {"flux": str(folder), **({"siglip": str(siglip)} if siglip else {}), "adapters": str(adapters),
                            **({"projector": str(projector)} if projector else {})}
 

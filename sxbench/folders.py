@@ -64,3 +64,25 @@ def check_folder(path: str | Path | None, parts: tuple[str, ...], *, hub_id: str
                                 f"{', '.join(m if Path(m).suffix else m + '/' for m in missing)}); "
                                 f"{get.replace('DIR', str(path))} and pass it as --param {what}.path={path}")
     return path
+
+
+FULL_SIZE_ENV = {
+    "flux-kontext": {"path": "SXBENCH_FLUX_KONTEXT"},
+    "styleexpert": {"flux": "SXBENCH_FLUX_KONTEXT", "siglip": "SXBENCH_SIGLIP",
+                    "adapters": "SXBENCH_STYLEEXPERT_ADAPTERS", "projector": "SXBENCH_STYLEEXPERT_PROJECTOR"},
+    "qwen-image-edit": {"path": "SXBENCH_QWEN_IMAGE_EDIT"},
+    "flux2-klein": {"path": "SXBENCH_FLUX2_KLEIN"},
+}
+"""The environment variables the GPU tests and ``benchmarks/bench_full_size.py`` read the real folders from,
+per method and parameter (``SXBENCH_FLUX_KONTEXT``: a FLUX.1-Kontext-dev folder; ``SXBENCH_SIGLIP``:
+google/siglip-so400m-patch14-384; ``SXBENCH_STYLEEXPERT_ADAPTERS`` / ``_PROJECTOR``: the release's files;
+``SXBENCH_QWEN_IMAGE_EDIT``: Qwen/Qwen-Image-Edit-2509; ``SXBENCH_FLUX2_KLEIN``: FLUX.2 [klein])."""
+
+
+def full_size_params(method: str, environ: dict[str, str] | None = None) -> dict[str, str] | None:
+    """``method``'s folder parameters from ``FULL_SIZE_ENV``, or ``None`` when any variable is unset."""
+    import os
+
+    env = os.environ if environ is None else environ
+    params = {k: env.get(v) for k, v in FULL_SIZE_ENV[method].items()}
+    return None if any(v is None for v in params.values()) else params

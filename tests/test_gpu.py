@@ -76,3 +76,32 @@ def test_sxbench_run_on_cuda_stores_what_the_cpu_run_stores(tmp_path):
     assert [r[:3] for r in gpu] == [r[:3] for r in cpu] and len(cpu) == 2 * 8 * 2
     np.testing.assert_allclose([r[3] for r in gpu], [r[3] for r in cpu], atol=2e-2)
     assert all(Image.open(p).size == (64, 64) for p in (out / "images").rglob("*.png"))
+
+
+@pytest.mark.parametrize("name", ["flux-kontext", "styleexpert", "qwen-image-edit", "flux2-klein"])
+def test_full_size_method_from_real_folders_on_cuda(name, tmp_path):
+    """Each full-size method on its real folders (``sxbench.folders.FULL_SIZE_ENV``; skipped where unset), at
+    bf16 on CUDA, 512² and 4 steps to keep it short: a finite, non-flat image of the content's size, the same
+    for the same seed, the same with ``offload=model`` (bf16 tolerance), and routing for ``styleexpert``."""
+    from sxbench import registry
+    from sxbench.folders import FULL_SIZE_ENV, full_size_params
+
+    params = full_size_params(name)
+    if params is None:
+        pytest.skip(f"{name}: set {', '.join(FULL_SIZE_ENV[name].values())} to its folders")
+    rng = np.random.default_rng(0)
+    contents = [Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))]
+    styles = [Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8))]
+    method = registry.create_method(name, device="cuda", resolution=512, steps=4, **params)
+    assert method.params["dtype"] == "bfloat16"
+    a = method.stylize_batch(contents, styles, seeds=[0])[0]
+    b = method.stylize_batch(contents, styles, seeds=[0])[0]
+    assert a.shape == (3, 256, 256) and torch.isfinite(a).all() and float(a.std()) > 0.01
+    torch.testing.assert_close(a, b, rtol=0, atol=2e-2)
+    if name == "styleexpert":
+        assert method.routing() is not None
+    del method
+    torch.cuda.empty_cache()
+    offloaded = registry.create_method(name, device="cuda", resolution=512, steps=4, offload="model", **params)
+    c = offloaded.stylize_batch(contents, styles, seeds=[0])[0]
+    torch.testing.assert_close(c, a, rtol=0, atol=5e-2)
