@@ -59,7 +59,8 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file; give a folder for the run")
     # a run killed after taking the lock and before creating its store leaves only the lock file: still ours
-    if out.is_dir() and not (out / DB_NAME).is_file() and any(p.name != LOCK_NAME for p in out.iterdir()):
+    # and a distributed run killed before its first merge leaves its ranks' shards
+    if out.is_dir() and not (out / DB_NAME).is_file() and any(p.name not in (LOCK_NAME, "shards") for p in out.iterdir()):
         raise ValueError(f"--out {out}: exists and is not a run folder (no {DB_NAME}); sxbench would write its "
                          "index.html and images into it. Give a new or empty folder")
 
@@ -113,15 +114,27 @@ def cmd_run(args: argparse.Namespace) -> int:
                              f"again under another name (`sxbench import DIR --as {m}-ext ...`) into a new --out, "
                              "or run into another --out")
         registry.methods.get(m)  # fail fast on a typo, with suggestions, before any work
+    from sxbench import distributed
+
+    ranks = distributed.world()
+    if ranks and args.shard:
+        raise ValueError("--shard splits work between separate jobs; under torchrun or accelerate launch the ranks "
+                         "split it already: drop --shard")
     config = RunConfig(
         protocol=name, methods=methods, out=out, protocol_args=pargs, seeds=args.seeds, limit=args.limit,
         metrics=args.metrics, device=args.device, batch_size=args.batch_size, progress=not args.no_progress,
         method_args=_method_params(args.param), retry_failed=args.retry_failed, weights_dir=args.weights_dir,
+        shard=args.shard, finish=args.shard is None,
     )
     from sxbench.report import render
 
     t0 = time.perf_counter()
-    summary = run(config)
+    if ranks:
+        summary = distributed.run(config)
+        if summary is None:  # not rank 0: rank 0 merged, scored and reports
+            return 0
+    else:
+        summary = run(config)
     log.info("writing the report")
     render(summary.run_dir)
     dt = time.perf_counter() - t0
@@ -134,7 +147,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     for m, why in summary.failed_methods.items():
         print(f"skipped method {m}: {why}", file=sys.stderr)
     print(f"report: {summary.run_dir / 'index.html'}")
+    if args.shard:
+        print(f"shard {args.shard[0]}/{args.shard[1]}: set metrics and expert statistics come with `sxbench merge "
+              f"SHARD_FOLDERS… --out RUN`")
     return 1 if summary.failed_methods and len(summary.failed_methods) == len(methods) else 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return shard
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from sxbench.merge import merge
+    from sxbench.report import render
+
+    out = Path(args.out)
+    _check_out(out)
+    summary = merge(args.dirs, out, progress=not args.no_progress, device=args.device, weights_dir=args.weights_dir)
+    render(out)
+    print(f"merged {len(args.dirs)} folders into {out}: {summary.added} samples added, {summary.duplicates} stored "
+          f"twice and kept once, {summary.replaced_errors} error rows replaced by outputs, {summary.rescored} rescored")
+    print(f"report: {out / 'index.html'}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import torch
+
+    from sxbench.merge import score
+    from sxbench.report import render
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is visible to torch here; use --device cpu")
+    rescored, skipped = score(args.dir, metrics=args.metrics, device=args.device, progress=not args.no_progress,
+                              weights_dir=args.weights_dir)
+    render(args.dir)
+    print(f"{rescored} stored samples scored; nothing generated")
+    for metric, why in skipped.items():
+        print(f"skipped metric {metric}: {why}")
+    print(f"report: {Path(args.dir) / 'index.html'}")
+    return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -380,7 +439,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights-dir", default=None, help="pretrained weights folder (default $SXBENCH_WEIGHTS or "
                    "~/.cache/sxbench/weights); see `sxbench weights list`")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                   help="generate every N-th sample from the I-th (0-based) into this --out; bring the N folders "
+                        "together with `sxbench merge` (Slurm arrays, machines without a shared disk)")
     r.set_defaults(fn=cmd_run)
+
+    mg = sub.add_parser("merge", help="merge run folders (--shard jobs, or any runs of one protocol) into one, "
+                                      "deduplicated, then score the sets and write the report")
+    mg.add_argument("dirs", nargs="+", help="run folders to merge")
+    mg.add_argument("--out", required=True, help="the merged run folder (new, or a run of the same protocol)")
+    mg.add_argument("--device", default="cpu", help="where the set metrics' backbones run")
+    mg.add_argument("--weights-dir", default=None)
+    mg.add_argument("--no-progress", action="store_true")
+    mg.set_defaults(fn=cmd_merge)
+
+    sc = sub.add_parser("score", help="score a stored run again without generating: metrics it lacks (--metrics "
+                                      "adds some), set metrics, expert statistics; then the report")
+    sc.add_argument("dir", help="run folder")
+    sc.add_argument("--metrics", type=_csv, default=None, help="comma-separated metrics to add to the recorded ones")
+    sc.add_argument("--device", default="cpu", help="where the backbones run (cpu, cuda, cuda:N): apart from the "
+                                                    "generator's GPU")
+    sc.add_argument("--weights-dir", default=None)
+    sc.add_argument("--no-progress", action="store_true")
+    sc.set_defaults(fn=cmd_score)
 
     t = sub.add_parser("tasks", help="write a protocol's work list (one row per pair and seed) and its input images, "
                        "for a method run outside sxbench; bring its outputs back with `sxbench import`")

@@ -13,6 +13,7 @@ The CLI renders the report afterwards (``sxbench.report.render``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -37,7 +38,7 @@ from sxbench.imageio import to_pil
 from sxbench.interfaces import Method, PairSpec, Protocol, ProtocolSpec
 from sxbench.lock import run_lock
 from sxbench.records import MethodInfo, SampleRecord, sample_key_of, stable_hash
-from sxbench.store import Store, UnsafePathError
+from sxbench.store import DB_NAME, Store, UnsafePathError
 from sxbench.subsets import stratified_subset
 from sxbench.store import contained as contained_path
 
@@ -101,6 +102,13 @@ class RunConfig:
     """Re-run samples stored as errors (by default an error row counts as done)."""
     weights_dir: str | None = None
     """Pretrained weights folder (``sxbench.weights``); default ``$SXBENCH_WEIGHTS`` or the user cache."""
+    shard: tuple[int, int] | None = None
+    """``(i, n)``: generate only every n-th sample of each method, from the i-th (``--shard i/n``; the ranks of a
+    distributed run); ``sxbench merge`` brings the shards' folders together."""
+    done_in: Path | None = None
+    """Another run folder whose stored samples count as done (a distributed rank reads its run's main folder)."""
+    finish: bool = True
+    """Compute set metrics and expert statistics at the end (a shard leaves them to the merge)."""
 
     @property
     def run_dir(self) -> Path:
@@ -231,7 +239,8 @@ class Runner:
                                           "skipped_metrics": dict(self.skipped_metrics)}
         config = run_record(spec, self.seeds, cfg.limit, len(self.pairs), cfg.methods, self.evaluator) | {
             "method_args": cfg.method_args, "device": cfg.device, "batch_size": cfg.batch_size,
-            "retry_failed": cfg.retry_failed}
+            "retry_failed": cfg.retry_failed, "protocol_name": cfg.protocol, "protocol_args": cfg.protocol_args,
+            **({"shard": list(cfg.shard)} if cfg.shard else {})}
         run_id = store.begin_run(spec.name, config, prov)
         with closing_run(store, run_id, prov):
             remove_stale_temporaries(self.run_dir)
@@ -252,7 +261,10 @@ class Runner:
                     continue
                 g, s, f = self._generate(store, run_id, method)
                 generated, skipped, failed = generated + g, skipped + s, failed + f
-            rescored = self.evaluator.finish(store, self.run_dir, cfg.methods, retry_failed=cfg.retry_failed)
+            if cfg.finish:
+                rescored = self.evaluator.finish(store, self.run_dir, cfg.methods, retry_failed=cfg.retry_failed)
+            else:  # a shard: its own samples' values are complete; the sets come with the merge
+                rescored = self.evaluator.complete(store, self.run_dir, cfg.retry_failed)
             prov |= {"failed_methods": failed_methods}
         return RunSummary(self.run_dir, generated, skipped, failed, rescored, dict(self.skipped_metrics),
                           failed_methods, tuple(self.protocol.input_errors))
@@ -262,11 +274,17 @@ class Runner:
         info = method.info
         store.register_method(info)
         work = [(p, s, sample_key(info.config_hash, spec, p, s)) for p in self.pairs for s in self.seeds]
+        if cfg.shard is not None:  # every n-th sample from the i-th, counted across the methods in their order:
+            i, n = cfg.shard       # deterministic, even between shards, spread over levels and splits
+            offset = cfg.methods.index(info.name) * len(work) if info.name in cfg.methods else 0
+            work = [w for j, w in enumerate(work) if (offset + j) % n == i]
         reconcile(store, self.run_dir, info, spec, work)
         status = store.sample_status(k for _, _, k in work)
         heal = unreadable_outputs(store, self.run_dir, [k for _, _, k in work if status.get(k) == "ok"])
         for k in heal:
             del status[k]
+        if cfg.done_in is not None:  # a rank: what its run's main folder holds is done too
+            status = stored_status(Path(cfg.done_in), [k for _, _, k in work]) | status
         todo = [w for w in work if w[2] not in status or (cfg.retry_failed and status[w[2]] == "error")]
         skipped, failed = len(work) - len(todo), 0
         if skipped:
@@ -335,6 +353,23 @@ class Runner:
             except ValueError as exc:
                 results.append((f"invalid output: {exc}", meter.seconds, len(batch), meter, []))
         return results
+
+
+def stored_status(run_dir: Path, keys: Sequence[str]) -> dict[str, str]:
+    """``{sample key: status}`` of ``keys`` stored in ``run_dir``, read through a read-only connection (the
+    ranks of a distributed run read their main folder at once; only rank 0 writes it, after them)."""
+    import sqlite3
+
+    path = run_dir / DB_NAME
+    if not path.is_file():
+        return {}
+    out: dict[str, str] = {}
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as con:
+        for i in range(0, len(keys), 500):
+            chunk = list(keys[i:i + 500])
+            out.update(con.execute(f"SELECT sample_key, status FROM samples WHERE sample_key IN "
+                                   f"({', '.join('?' * len(chunk))})", chunk).fetchall())
+    return out
 
 
 def prepare(config: RunConfig) -> tuple[Protocol, Sequence[PairSpec], tuple[int, ...], Evaluator]:
