@@ -179,7 +179,10 @@ class FeatureCache:
             fields: the features the caller reads (empty: all); a cached entry without them is computed again.
             keep: hold these images' features in memory for the whole run (references), not only recently.
             persist: fields to write to (and read from) the run folder's feature files for these images.
-            batch: compute missing images ``batch`` at a time (small batches run faster on CPU); default all.
+            batch: compute missing images ``batch`` at a time (small batches run faster on CPU), the last call padded
+                to ``batch`` rows with copies of its last image, so every call has one shape and an image's features
+                are the same bits whichever images came with it (runs split over processes store what one process
+                stores); default all at once.
         """
         dev = _device(extractor)
         if keys is None:  # nothing names the images: compute, cache nothing
@@ -209,6 +212,8 @@ class FeatureCache:
         for s in range(0, len(todo), step):
             idx = todo[s : s + step]
             x = images[torch.tensor(idx)] if isinstance(images, torch.Tensor) else images(idx)
+            if batch and len(idx) < batch:  # one shape for every call: an image's features never depend on how many
+                x = torch.cat([x, x[-1:].expand(batch - len(idx), *x.shape[1:])])  # came with it (exact across shards)
             new = extractor(x.to(dev))
             for j, i in enumerate(idx):
                 feats = {n: v[j].detach() for n, v in new.items()}

@@ -541,17 +541,22 @@ def png_problem(run_dir: Path, rel: str | None) -> str | None:
     return None
 
 
+def input_paths(pair_id: str, content_id: str, style_id: str) -> tuple[str, str, str]:
+    """The relative paths a pair's inputs are stored under (``inputs/…``): content, style, target."""
+    return (f"inputs/content/{stable_hash(content_id, 16)}.png", f"inputs/style/{stable_hash(style_id, 16)}.png",
+            f"inputs/target/{stable_hash(pair_id, 16)}.png")
+
+
 def save_inputs(protocol: Protocol, pairs: Sequence[PairSpec], run_dir: Path) -> None:
     """Every pair's inputs (content, style, and target where the protocol has one) as PNGs under
     ``run_dir/inputs``, each image once however many pairs share it: the report's grid and its sample explorer
     show them beside the outputs. Rewritten when their pixels changed (another resolution, an edited input file)."""
     done: set[str] = set()
     for pair in pairs:
-        for kind, name, get in (("content", pair.content_id, lambda: protocol.content(pair.content_id)),
-                                ("style", pair.style_id, lambda: protocol.style(pair.style_id)),
-                                ("target", pair.pair_id,
-                                 lambda: protocol.target(pair.pair_id) if pair.has_target else None)):
-            path = run_dir / f"inputs/{kind}/{stable_hash(name, 16)}.png"
+        paths = input_paths(pair.pair_id, pair.content_id, pair.style_id)
+        for rel, get in zip(paths, (lambda: protocol.content(pair.content_id), lambda: protocol.style(pair.style_id),
+                                    lambda: protocol.target(pair.pair_id) if pair.has_target else None)):
+            path = run_dir / rel
             if str(path) in done:
                 continue
             done.add(str(path))

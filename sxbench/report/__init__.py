@@ -23,7 +23,8 @@ import pandas as pd
 from sxbench.interfaces import PairSpec
 from sxbench.records import IMPORTED_VERSION, stable_hash
 from sxbench.report import summary
-from sxbench.report.explore import input_paths, portable, thumbnail, write_sample_data
+from sxbench.report.explore import portable, thumbnail, write_sample_data
+from sxbench.runner import input_paths
 from sxbench.store import DB_NAME, Store, UnsafePathError, contained
 
 log = logging.getLogger(__name__)

@@ -20,18 +20,13 @@ import numpy as np
 import pandas as pd
 
 from sxbench.records import stable_hash
+from sxbench.runner import input_paths
 
 DATA_DIR = "data"
 THUMB_DIR = "thumbs"
 THUMB_SIDE = 160
 """Longest side of a grid thumbnail in pixels (the grid shows images at 96 CSS pixels: 160 stays sharp on a 1.5×
 screen). Smaller images are shown as they are."""
-
-
-def input_paths(pair_id: str, content_id: str, style_id: str) -> tuple[str, str, str]:
-    """The relative paths the runner stores a pair's inputs under (``inputs/…``)."""
-    return (f"inputs/content/{stable_hash(content_id, 16)}.png", f"inputs/style/{stable_hash(style_id, 16)}.png",
-            f"inputs/target/{stable_hash(pair_id, 16)}.png")
 
 
 def _number(v: Any) -> float | None:
