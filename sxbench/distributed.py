@@ -64,6 +64,46 @@ def _sum(values: list[int]) -> list[int]:
     return [int(v) for v in t.tolist()]
 
 
+def _gather(failed: dict[str, str]) -> dict[str, str]:
+    """Every rank's methods that could not be created (each rank creates every method)."""
+    import torch.distributed as dist
+
+    out: list[dict[str, str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, failed)
+    return {k: v for d in out for k, v in (d or {}).items()}
+
+
+def _latest_record(folder: Path) -> dict:
+    from sxbench.merge import describe
+
+    return describe(folder)["record"]
+
+
+def _mergeable(main: Path, size: int) -> list[Path]:
+    """The shard folders under ``RUN/shards`` that hold a store with a run, this run's ``size`` all among them (one
+    line otherwise: across nodes, RUN must be on a filesystem every node shares). Leftovers of an earlier run that
+    never got a store are skipped; their samples are made again."""
+    from sxbench.store import DB_NAME
+
+    folders = sorted(p for p in (main / "shards").iterdir() if p.is_dir() and not p.name.startswith("."))
+    missing = [shard_dir(main, r, size).name for r in range(size) if not (shard_dir(main, r, size) / DB_NAME).is_file()]
+    if missing:
+        raise RuntimeError(f"rank 0 cannot see {', '.join(missing)} under {main / 'shards'}: every rank must write RUN "
+                           "on a filesystem rank 0 shares; without one, run separate jobs with --shard I/N and "
+                           "bring them together with `sxbench merge`")
+    usable = []
+    for p in folders:
+        if (p / DB_NAME).is_file():
+            try:
+                _latest_record(p)
+                usable.append(p)
+                continue
+            except ValueError:
+                pass
+        log.warning("%s holds no finished records (a run killed as it started); skipped", p)
+    return usable
+
+
 def run(config: RunConfig) -> RunSummary | None:
     """Run ``config`` as this process's rank (see the module docstring). Returns the merged run's summary on rank
     0 (generated/skipped/failed summed over the ranks) and ``None`` on the others."""
@@ -95,21 +135,35 @@ def run(config: RunConfig) -> RunSummary | None:
         try:
             mine = dataclasses.replace(config, out=shard_dir(main, rank, size), shard=(rank, size), done_in=main,
                                        finish=False, device=device, progress=config.progress and rank == 0)
-            summary = Runner(mine).run()
-            counts = _sum([summary.generated, summary.skipped, summary.failed, summary.rescored])
-            _agree(True)  # every rank's shard is complete
+            summary, failure = None, None
+            try:
+                summary = Runner(mine).run()
+            except Exception as exc:  # every rank still makes the same collective calls, then all stop
+                failure = exc
+            counts = _sum([0 if failure else 1] + ([summary.generated, summary.skipped, summary.failed,
+                                                     summary.rescored] if summary else [0, 0, 0, 0]))
+            failed_methods = _gather(summary.failed_methods if summary else {})
+            if counts[0] != size:
+                if failure is not None:
+                    raise failure
+                raise RuntimeError(f"{size - counts[0]} of {size} ranks failed (their messages say why); run the "
+                                   "same command again to resume")
             if rank != 0:
                 return None
-            shards = sorted(p for p in (main / "shards").iterdir() if p.is_dir())
+            shards = _mergeable(main, size)
             log.info("merging %d shard folders into %s", len(shards), main)
+            record = _latest_record(shard_dir(main, 0, size))
             merged = merge(shards, main, locked=True, progress=config.progress, device=device,
-                           weights_dir=config.weights_dir)
+                           weights_dir=config.weights_dir, record=record)
             for s in shards:  # merged: the records and files are in RUN now (hard links)
-                shutil.rmtree(s)
+                trash = s.with_name(f".merged-{s.name}")
+                os.replace(s, trash)  # one rename: a shard is either whole or gone, never half deleted
+                shutil.rmtree(trash)
             if not any((main / "shards").iterdir()):
                 (main / "shards").rmdir()
-            return dataclasses.replace(summary, run_dir=main, generated=counts[0], skipped=counts[1],
-                                       failed=counts[2], rescored=counts[3] + merged.rescored)
+            return dataclasses.replace(summary, run_dir=main, generated=counts[1], skipped=counts[2],
+                                       failed=counts[3], rescored=counts[4] + merged.rescored,
+                                       failed_methods=failed_methods)
         finally:
             if lock is not None:
                 lock.__exit__(None, None, None)

@@ -24,6 +24,7 @@ backbones elsewhere than the generator): nothing is generated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from sxbench.store import DB_NAME, Store
+from sxbench.store import DB_NAME, Store, contained
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ class MergeSummary:
     replaced_errors: int
     """Error rows replaced by an ``ok`` sample of the same key."""
     rescored: int
+
+
+def read_only_uri(path: Path) -> str:
+    """A SQLite URI opening ``path`` read-only (any characters in the path, percent-encoded)."""
+    return Path(path).resolve().as_uri() + "?mode=ro"
 
 
 def _require(run_dir: Path) -> None:
@@ -98,30 +104,40 @@ def _diff(a: dict[str, Any], b: dict[str, Any]) -> str:
     return ", ".join(f"{k}={fa.get(k)!r} vs {fb.get(k)!r}" for k in keys if fa.get(k) != fb.get(k))
 
 
-def check_compatible(described: Sequence[tuple[Path, dict[str, Any]]]) -> None:
-    """``MergeConflict`` (one line) at the first pair of folders that cannot be merged."""
+def check_compatible(described: Sequence[tuple[Path, dict[str, Any]]], *, check_metrics: bool = True) -> None:
+    """``MergeConflict`` (one line) at the first pair of folders that cannot be merged: another protocol, a method
+    run with other parameters (no configuration in common), a metric computed only in other versions (not checked
+    with ``check_metrics=False``: the folder being merged into, whose older values the finishing pass rescores)."""
     (first, ref), others = described[0], described[1:]
     for path, d in others:
         if d["protocol"] != ref["protocol"]:
             raise MergeConflict(f"cannot merge {first} and {path}: their protocols differ "
                                 f"({_diff(ref['protocol'], d['protocol'])}); merge only shards of one run")
-    by_method: dict[str, tuple[Path, str, dict[str, Any]]] = {}
-    metric_versions: dict[str, tuple[Path, set[str]]] = {}
+    # a folder may hold several configurations of one method (its history): two folders conflict when they share
+    # none, i.e. they never ran it the same way
+    configs: dict[str, list[tuple[Path, dict[str, dict[str, Any]]]]] = {}
     for path, d in described:
-        for (method, config), params in sorted(d["methods"].items()):
-            seen = by_method.get(method)
-            if seen is not None and seen[1] != config and seen[0] != path:
-                raise MergeConflict(f"cannot merge {seen[0]} and {path}: they ran {method} with other parameters "
-                                    f"({_diff(seen[2], params) or 'another method version'}); run both with the "
-                                    "same --param values")
-            by_method.setdefault(method, (path, config, params))
-        for metric, versions in d["metric_versions"].items():
-            seen_m = metric_versions.get(metric)
-            if seen_m is not None and seen_m[1] != versions:
-                raise MergeConflict(f"cannot merge {seen_m[0]} and {path}: metric {metric} was computed in version "
-                                    f"{'/'.join(sorted(seen_m[1]))} there and {'/'.join(sorted(versions))} here; "
-                                    "run `sxbench score` on the older folder first")
-            metric_versions.setdefault(metric, (path, versions))
+        per: dict[str, dict[str, dict[str, Any]]] = {}
+        for (method, config), params in d["methods"].items():
+            per.setdefault(method, {})[config] = params
+        for method, mine in per.items():
+            for other_path, theirs in configs.get(method, []):
+                if not set(mine) & set(theirs):
+                    a, b = theirs[min(theirs)], mine[min(mine)]
+                    raise MergeConflict(f"cannot merge {other_path} and {path}: they ran {method} with other "
+                                        f"parameters ({_diff(a, b) or 'another method version or weights'}); run "
+                                        "both with the same --param values")
+            configs.setdefault(method, []).append((path, mine))
+    if check_metrics:
+        versions: dict[str, list[tuple[Path, set[str]]]] = {}
+        for path, d in described:
+            for metric, mine in d["metric_versions"].items():
+                for other_path, theirs in versions.get(metric, []):
+                    if not mine & theirs:
+                        raise MergeConflict(f"cannot merge {other_path} and {path}: metric {metric} was computed in "
+                                            f"version {'/'.join(sorted(theirs))} there and {'/'.join(sorted(mine))} "
+                                            "here; run `sxbench score` on the older folder first")
+                versions.setdefault(metric, []).append((path, mine))
 
 
 def _link(src: Path, dst: Path) -> bool:
@@ -142,7 +158,7 @@ def _link_tree(src: Path, dst: Path) -> int:
     n = 0
     if src.is_dir():
         for f in src.rglob("*"):
-            if f.is_file() and not f.name.startswith("."):
+            if f.is_file() and not f.is_symlink() and not f.name.startswith("."):
                 n += _link(f, dst / f.relative_to(src))
     return n
 
@@ -151,29 +167,38 @@ def copy_records(out_store: Store, src: Path, out: Path) -> tuple[int, int, int]
     """Copy ``src``'s runs, method and metric registrations, samples (with their values and routing) and files
     into ``out``; returns ``(added, duplicates, replaced errors)``. The records go in one transaction after the
     files they point to, so a crash leaves stray files at worst, never a row without its PNG."""
-    with sqlite3.connect(f"file:{src / DB_NAME}?mode=ro", uri=True) as con:
+    with contextlib.closing(sqlite3.connect(read_only_uri(src / DB_NAME), uri=True)) as con:
         incoming = {k: (status, path) for k, status, path in
                     con.execute("SELECT sample_key, status, output_path FROM samples")}
     have = dict(out_store.conn.execute("SELECT sample_key, status FROM samples").fetchall())
     replace = [k for k, (status, _) in incoming.items() if status == "ok" and have.get(k) == "error"]
     new = [k for k in incoming if k not in have] + replace
+    lost = []
     for k in new:
         rel = incoming[k][1]
-        if rel:
-            _link(src / rel, out / rel)
+        if rel:  # paths read from a database are used only inside their run folders
+            source = contained(src, rel)
+            if not source.is_file():  # an output deleted since: not merged; the next run makes it again
+                lost.append(k)
+                continue
+            _link(source, contained(out, rel))
+    if lost:
+        log.warning("%s: %d stored outputs are missing their PNG and were not merged (first: %s)", src, len(lost),
+                    incoming[lost[0]][1])
+        new = [k for k in new if k not in set(lost)]
+        replace = [k for k in replace if k not in set(lost)]
     _link_tree(src / "inputs", out / "inputs")
     _link_tree(src / "cache", out / "cache")
     conn = out_store.conn
-    conn.execute("ATTACH DATABASE ? AS src", (f"file:{src / DB_NAME}?mode=ro",))
+    conn.execute("ATTACH DATABASE ? AS src", (str(src / DB_NAME),))  # only read
     try:
         with out_store._transaction():
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS merge_keys (sample_key TEXT PRIMARY KEY)")
-            conn.execute("DELETE FROM merge_keys")
-            conn.executemany("INSERT INTO merge_keys VALUES (?)", [(k,) for k in new])
-            if replace:
-                marks = ", ".join("?" * len(replace))
-                for table in ("metric_values", "routing", "samples"):
-                    conn.execute(f"DELETE FROM {table} WHERE sample_key IN ({marks})", replace)
+            for table, keys in (("merge_keys", new), ("merge_replace", replace)):
+                conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (sample_key TEXT PRIMARY KEY)")
+                conn.execute(f"DELETE FROM {table}")
+                conn.executemany(f"INSERT INTO {table} VALUES (?)", [(k,) for k in keys])
+            for table in ("metric_values", "routing", "samples"):  # error rows an output replaces
+                conn.execute(f"DELETE FROM main.{table} WHERE sample_key IN (SELECT sample_key FROM merge_replace)")
             conn.execute("INSERT OR IGNORE INTO runs SELECT * FROM src.runs")
             conn.execute("INSERT OR IGNORE INTO methods SELECT * FROM src.methods")
             conn.execute("INSERT OR IGNORE INTO metrics SELECT * FROM src.metrics")
@@ -231,9 +256,11 @@ def finish_folder(out: Path, record: dict[str, Any], *, metrics: Sequence[str] |
 
 
 def merge(sources: Sequence[str | Path], out: str | Path, *, finish: bool = True, progress: bool = True,
-          device: str = "cpu", weights_dir: str | None = None, locked: bool = False) -> MergeSummary:
+          device: str = "cpu", weights_dir: str | None = None, locked: bool = False,
+          record: dict[str, Any] | None = None) -> MergeSummary:
     """Merge the run folders ``sources`` into ``out`` (created, or a run folder of the same protocol); see the
-    module docstring. ``locked``: the caller holds ``out``'s lock already."""
+    module docstring. ``locked``: the caller holds ``out``'s lock already. ``record``: the run configuration that
+    finishes ``out`` (default: the last source's latest run)."""
     from contextlib import nullcontext
 
     from sxbench.lock import run_lock
@@ -247,16 +274,20 @@ def merge(sources: Sequence[str | Path], out: str | Path, *, finish: bool = True
         if s.resolve() == out.resolve():
             raise ValueError(f"{s} is the --out folder; merge other folders into it")
     described = [(s, describe(s)) for s in sources]
+    check_compatible(described)
     if (out / DB_NAME).is_file():
         with Store(out) as st:
             empty = st.conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
-        if not empty:
-            described.insert(0, (out, describe(out)))
-    check_compatible(described)
-    record = described[-1][1]["record"]
+        if not empty:  # its older metric values are rescored by the finishing pass, not refused
+            check_compatible([(out, describe(out)), *described], check_metrics=False)
+    record = record or described[-1][1]["record"]
     added = dupes = replaced = 0
     with nullcontext() if locked else run_lock(out):
+        from sxbench.runner import remove_stale_temporaries
+
+        remove_stale_temporaries(out)
         with Store(out) as store:
+            store.close_stale_runs()
             for src in sources:
                 a, d, r = copy_records(store, src, out)
                 added, dupes, replaced = added + a, dupes + d, replaced + r

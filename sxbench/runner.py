@@ -283,8 +283,16 @@ class Runner:
         heal = unreadable_outputs(store, self.run_dir, [k for _, _, k in work if status.get(k) == "ok"])
         for k in heal:
             del status[k]
-        if cfg.done_in is not None:  # a rank: what its run's main folder holds is done too
-            status = stored_status(Path(cfg.done_in), [k for _, _, k in work]) | status
+        if cfg.done_in is not None:  # a rank: what its run's main folder (and any other shard) holds is done too
+            keys = [k for _, _, k in work]
+            shards = Path(cfg.done_in) / "shards"
+            mine = f"-of-{cfg.shard[1]}" if cfg.shard else None  # this run's other ranks hold other samples
+            others = [Path(cfg.done_in)] + ([p for p in sorted(shards.iterdir()) if p.is_dir()
+                                             and not (mine and p.name.endswith(mine))] if shards.is_dir() else [])
+            for folder in others:
+                for k, v in stored_status(folder, keys).items():
+                    if v == "ok" or k not in status:  # an output anywhere beats an error row
+                        status[k] = v
         todo = [w for w in work if w[2] not in status or (cfg.retry_failed and status[w[2]] == "error")]
         skipped, failed = len(work) - len(todo), 0
         if skipped:
@@ -364,11 +372,15 @@ def stored_status(run_dir: Path, keys: Sequence[str]) -> dict[str, str]:
     if not path.is_file():
         return {}
     out: dict[str, str] = {}
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as con:
-        for i in range(0, len(keys), 500):
-            chunk = list(keys[i:i + 500])
-            out.update(con.execute(f"SELECT sample_key, status FROM samples WHERE sample_key IN "
-                                   f"({', '.join('?' * len(chunk))})", chunk).fetchall())
+    try:
+        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=60)) as con:
+            for i in range(0, len(keys), 500):
+                chunk = list(keys[i:i + 500])
+                out.update(con.execute(f"SELECT sample_key, status FROM samples WHERE sample_key IN "
+                                       f"({', '.join('?' * len(chunk))})", chunk).fetchall())
+    except sqlite3.Error as exc:  # a store killed as it was created: nothing there counts as done
+        log.warning("%s: not read (%s); its samples are not counted as done", path, exc)
+        return {}
     return out
 
 

@@ -104,6 +104,10 @@ def test_merge_refuses_folders_that_disagree_on_one_line(single, base, tmp_path,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "reinhard" in err and "strength=1.0 vs 0.5" in err
     assert not (tmp_path / "m" / "results.sqlite").exists() and not (tmp_path / "m2" / "results.sqlite").exists()
+    # a folder that ran reinhard both ways (its history) shares a configuration with `single`: merged
+    assert main(["run", *base, "--methods", "reinhard", "--out", str(params)]) == 0
+    assert main(["merge", str(single), "--out", str(params), "--no-progress", *base[-2:]]) == 0
+    assert "16 samples added, 8 stored twice" in capsys.readouterr().out
 
 
 def test_merge_keeps_a_sample_stored_twice_once_and_an_output_over_an_error(single, base, tmp_path, capsys):
