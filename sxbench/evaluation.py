@@ -318,9 +318,9 @@ class Evaluator:
         if methods is not None:
             keep &= samples.method.isin(list(methods))
         out = []
-        # in key order, not the order the store received them (a merged store's): the set metrics' sums and KID's
-        # random subsets then see the same rows in the same order however the samples were produced
-        for (method, config), rows in samples[keep].sort_values("sample_key").groupby(["method", "method_config"]):
+        # in (pair, seed) order, not the order the store received them (a merged store's, an import's): the set
+        # metrics' sums and KID's random subsets then see the same rows in the same order however they were produced
+        for (method, config), rows in samples[keep].sort_values(["pair_id", "seed"]).groupby(["method", "method_config"]):
             out.append((method, config, "all", rows))
             if rows.split.nunique() > 1:
                 out += [(method, config, f"split={s}", g) for s, g in rows.groupby("split")]
