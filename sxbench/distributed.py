@@ -85,6 +85,8 @@ def _mergeable(main: Path, size: int) -> list[Path]:
     never got a store are skipped; their samples are made again."""
     from sxbench.store import DB_NAME
 
+    for left in (main / "shards").glob(".merged-*"):  # merged, then killed while being deleted
+        shutil.rmtree(left, ignore_errors=True)
     folders = sorted(p for p in (main / "shards").iterdir() if p.is_dir() and not p.name.startswith("."))
     missing = [shard_dir(main, r, size).name for r in range(size) if not (shard_dir(main, r, size) / DB_NAME).is_file()]
     if missing:

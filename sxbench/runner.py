@@ -288,6 +288,7 @@ class Runner:
             shards = Path(cfg.done_in) / "shards"
             mine = f"-of-{cfg.shard[1]}" if cfg.shard else None  # this run's other ranks hold other samples
             others = [Path(cfg.done_in)] + ([p for p in sorted(shards.iterdir()) if p.is_dir()
+                                             and not p.name.startswith(".")  # merged, being deleted
                                              and not (mine and p.name.endswith(mine))] if shards.is_dir() else [])
             for folder in others:
                 for k, v in stored_status(folder, keys).items():
