@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from sxbench.folders import check_folder, check_offload, files_fingerprint, torch_dtype
+from sxbench.imageio import resize_to
 from sxbench.interfaces import Method
 
 
@@ -75,10 +76,7 @@ class DiffusersEdit(Method):
         for content, style, seed in zip(contents, styles, seeds):
             # a CPU generator per sample: the same noise on any device, whatever the batching
             image = self.generate(content, style, torch.Generator("cpu").manual_seed(int(seed))).float().cpu()
-            if image.shape[-2:] != (content.size[1], content.size[0]):
-                image = torch.nn.functional.interpolate(image[None], size=(content.size[1], content.size[0]),
-                                                        mode="bicubic", antialias=True, align_corners=False)[0]
-            outs.append(image.clamp(0, 1))
+            outs.append(resize_to(image[None], *content.size)[0].clamp(0, 1))
         return outs
 
 

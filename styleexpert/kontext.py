@@ -208,9 +208,6 @@ def write_tiny_kontext(root: str | Path, seed: int = 0) -> Path:
     return root
 
 
-RELEASE_PARTS = ("flux", "siglip", "adapters", "projector")
-
-
 def write_tiny_release(root: str | Path, seed: int = 0) -> dict[str, Path]:
     """The four parts ``styleexpert`` takes at full size, tiny and random, in the release's formats:
     ``flux`` (``root/FLUX.1-Kontext-dev``, ``write_tiny_kontext``), ``siglip`` (``root/siglip-so400m-patch14-384``,

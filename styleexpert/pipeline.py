@@ -268,8 +268,9 @@ class StyleExpertPipeline:
             p.data = p.data.to(self.offload)
 
     def _use(self, name: str) -> None:
-        """Model offload: ``name`` on the device, the other components back on the CPU (no-op without offload)."""
-        if self.offload is None:
+        """Model offload: ``name`` on the device, the other components back on the CPU (no-op without offload, or
+        when the model has no such component: ``tiny`` has no VAE, ``lora`` no style encoder)."""
+        if self.offload is None or getattr(self.model, name) is None:
             return
         for other in ("vae", "style_encoder", "transformer"):
             part = getattr(self.model, other)
@@ -292,15 +293,13 @@ class StyleExpertPipeline:
         steps = num_inference_steps or s["steps"]
         if len(seeds) != contents.shape[0] or styles.shape[0] != contents.shape[0]:
             raise ValueError("contents, styles and seeds must have the same length")
-        if m.vae is not None:
-            self._use("vae")
+        self._use("vae")
         content_lat, context, ids = m.prepare(contents, styles)
         b, c, h, w = content_lat.shape
         p = m.config["latent"]["pack"]
         noise = torch.stack([torch.randn(c, h, w, generator=torch.Generator("cpu").manual_seed(int(sd))) for sd in seeds])
         x = pack(noise.to(m.device, m.prompt_embeds.dtype), p)
-        if m.style_encoder is not None and m.variant != "lora":
-            self._use("style_encoder")
+        self._use("style_encoder")
         emb = m.style_embedding(styles)
         self._use("transformer")
         inject.set_style_condition(m.transformer, emb)  # the routers live in the transformer
@@ -315,8 +314,7 @@ class StyleExpertPipeline:
             route = inject.routing(m.transformer)
         finally:
             inject.set_style_condition(m.transformer, None)
-        if m.vae is not None:
-            self._use("vae")
+        self._use("vae")
         return StyleExpertOutput(m.decode(unpack(x, h, w, p)), route)
 
 

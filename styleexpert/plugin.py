@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from sxbench.imageio import to_tensor
+from sxbench.imageio import resize_to, to_tensor
 from sxbench.interfaces import Method, Routing
 
 CHECKPOINT_DIR_ENV = "SXBENCH_STYLEEXPERT_CHECKPOINTS"
@@ -189,11 +189,7 @@ def sample(pipe: Any, res: int, contents: Sequence[Image.Image], styles: Sequenc
                           for im in images])
 
     out = pipe(prep(contents), prep(styles), seeds=seeds, num_inference_steps=steps, guidance_scale=guidance)
-    images = out.images
-    if images.shape[-2:] != (size[1], size[0]):
-        images = torch.nn.functional.interpolate(images.float(), size=(size[1], size[0]), mode="bicubic",
-                                                 antialias=True, align_corners=False).clamp(0, 1)
-    return out, list(images.float().cpu())
+    return out, list(resize_to(out.images, *size).float().cpu())
 
 
 class FluxKontext(Method):
@@ -211,19 +207,17 @@ class FluxKontext(Method):
 
     def __init__(self, *, device: str | torch.device = "cpu", path: str | None = None, steps: int = 28,
                  guidance: float = 3.5, resolution: int = 1024, dtype: str = "auto", offload: str = "none") -> None:
-        from sxbench.folders import check_offload, torch_dtype
+        from sxbench import folders
 
         from styleexpert.io import load_pretrained
         from styleexpert.kontext import HUB_ID, check_folder, folder_fingerprint, preset_for_folder
         from styleexpert.pipeline import StyleExpertPipeline
 
-        check_offload(offload, f"{self.name}.offload", ("none", "model"))
-        if path is None:
-            raise ValueError(f"flux-kontext needs --param flux-kontext.path=DIR: a diffusers folder of {HUB_ID} "
-                             f"(huggingface-cli download {HUB_ID} --local-dir DIR)")
+        folders.check_offload(offload, f"{self.name}.offload", ("none", "model"))
+        folders.check_folder(path, (), hub_id=HUB_ID, what=self.name)  # no path: one line naming the download
         folder = check_folder(path)
         dev = torch.device(device)
-        dt = torch_dtype(dtype, dev, f"{self.name}.dtype")
+        dt = folders.torch_dtype(dtype, dev, f"{self.name}.dtype")
         cfg = preset_for_folder(folder, resolution=resolution, steps=steps, guidance=guidance)
         self.model = load_pretrained(cfg, "lora", flux=folder, siglip=None, dtype=dt)  # B = 0: no delta
         self.model.to(dev).eval()

@@ -65,6 +65,14 @@ def _check_out(out: Path) -> None:
                          "index.html and images into it. Give a new or empty folder")
 
 
+def _check_device(device: str) -> None:
+    """``--device cuda[:N]`` needs a CUDA device visible to torch: one line otherwise."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is visible to torch here; use --device cpu")
+
+
 def _method_params(items: list[str]) -> dict[str, dict]:
     """``["reinhard.strength=0.5"]`` → ``{"reinhard": {"strength": 0.5}}`` (values parsed as JSON, else text)."""
     out: dict[str, dict] = {}
@@ -82,13 +90,10 @@ def _method_params(items: list[str]) -> dict[str, dict]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
     from sxbench import registry
     from sxbench.runner import DEFAULT_METHODS, RunConfig, run
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is visible to torch here; use --device cpu")
+    _check_device(args.device)
 
     name, pargs = _protocol_args(args.protocol)
     if args.resolution:
@@ -170,6 +175,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_out(out)
+    _check_device(args.device)
     summary = merge(args.dirs, out, progress=not args.no_progress, device=args.device, weights_dir=args.weights_dir)
     render(out)
     print(f"merged {len(args.dirs)} folders into {out}: {summary.added} samples added, {summary.duplicates} stored "
@@ -179,13 +185,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    import torch
-
     from sxbench.merge import score
     from sxbench.report import render
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is visible to torch here; use --device cpu")
+    _check_device(args.device)
     rescored, skipped = score(args.dir, metrics=args.metrics, device=args.device, progress=not args.no_progress,
                               weights_dir=args.weights_dir)
     render(args.dir)

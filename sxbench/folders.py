@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-DTYPES = ("auto", "bf16", "fp32")
 OFFLOADS = ("none", "model", "sequential")
 
 

@@ -208,3 +208,12 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """Stack same-size RGB images into ``(B, 3, H, W)`` float32 in ``[0, 1]``."""
     arr = np.stack([pil_to_array(im) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def resize_to(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """``(B, 3, h, w)`` images in ``[0, 1]`` at ``height × width``: bicubic, anti-aliased, clamped to ``[0, 1]``;
+    returned as they are when already that size (a generator's output brought back to the protocol's size)."""
+    if images.shape[-2:] == (height, width):
+        return images
+    return torch.nn.functional.interpolate(images.float(), size=(height, width), mode="bicubic", antialias=True,
+                                           align_corners=False).clamp(0, 1)

@@ -29,12 +29,11 @@ import json
 import logging
 import os
 import shutil
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from sxbench.store import DB_NAME, Store, contained
+from sxbench.store import DB_NAME, Store, contained, read_only
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +55,6 @@ class MergeSummary:
     replaced_errors: int
     """Error rows replaced by an ``ok`` sample of the same key."""
     rescored: int
-
-
-def read_only_uri(path: Path) -> str:
-    """A SQLite URI opening ``path`` read-only (any characters in the path, percent-encoded)."""
-    return Path(path).resolve().as_uri() + "?mode=ro"
 
 
 def _require(run_dir: Path) -> None:
@@ -167,7 +161,7 @@ def copy_records(out_store: Store, src: Path, out: Path) -> tuple[int, int, int]
     """Copy ``src``'s runs, method and metric registrations, samples (with their values and routing) and files
     into ``out``; returns ``(added, duplicates, replaced errors)``. The records go in one transaction after the
     files they point to, so a crash leaves stray files at worst, never a row without its PNG."""
-    with contextlib.closing(sqlite3.connect(read_only_uri(src / DB_NAME), uri=True)) as con:
+    with contextlib.closing(read_only(src)) as con:
         incoming = {k: (status, path) for k, status, path in
                     con.execute("SELECT sample_key, status, output_path FROM samples")}
     have = dict(out_store.conn.execute("SELECT sample_key, status FROM samples").fetchall())

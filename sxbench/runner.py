@@ -369,20 +369,17 @@ def stored_status(run_dir: Path, keys: Sequence[str]) -> dict[str, str]:
     ranks of a distributed run read their main folder at once; only rank 0 writes it, after them)."""
     import sqlite3
 
+    from sxbench.store import read_only, sample_status
+
     path = run_dir / DB_NAME
     if not path.is_file():
         return {}
-    out: dict[str, str] = {}
     try:
-        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=60)) as con:
-            for i in range(0, len(keys), 500):
-                chunk = list(keys[i:i + 500])
-                out.update(con.execute(f"SELECT sample_key, status FROM samples WHERE sample_key IN "
-                                       f"({', '.join('?' * len(chunk))})", chunk).fetchall())
+        with contextlib.closing(read_only(run_dir)) as con:
+            return sample_status(con, keys)
     except sqlite3.Error as exc:  # a store killed as it was created: nothing there counts as done
         log.warning("%s: not read (%s); its samples are not counted as done", path, exc)
         return {}
-    return out
 
 
 def prepare(config: RunConfig) -> tuple[Protocol, Sequence[PairSpec], tuple[int, ...], Evaluator]:

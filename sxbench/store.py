@@ -433,13 +433,7 @@ class Store:
 
     def sample_status(self, keys: Iterable[str]) -> dict[str, str]:
         """``{sample_key: status}`` for those of ``keys`` already stored."""
-        keys = list(keys)
-        out: dict[str, str] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            q = f"SELECT sample_key, status FROM samples WHERE sample_key IN ({', '.join('?' * len(chunk))})"
-            out.update(dict(self.conn.execute(q, chunk).fetchall()))
-        return out
+        return sample_status(self.conn, keys)
 
     def scored_metrics(self, keys: Iterable[str]) -> dict[str, set[str]]:
         """``{sample_key: {metric names with a stored value}}``."""
@@ -530,6 +524,24 @@ class Store:
                ORDER BY s.method, s.pair_id, s.seed, v.metric""",
             self.conn,
         ).astype({"higher_is_better": bool, "value": float})  # NULL (a failed metric) → NaN
+
+
+def sample_status(conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, str]:
+    """``{sample_key: status}`` for those of ``keys`` stored in ``conn``'s ``samples`` (500 keys a query)."""
+    keys = list(keys)
+    out: dict[str, str] = {}
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        q = f"SELECT sample_key, status FROM samples WHERE sample_key IN ({', '.join('?' * len(chunk))})"
+        out.update(dict(conn.execute(q, chunk).fetchall()))
+    return out
+
+
+def read_only(run_dir: str | Path) -> sqlite3.Connection:
+    """A read-only connection to ``run_dir``'s store (no migration, no lock: another process may be its writer);
+    close it after use (``contextlib.closing``)."""
+    uri = (Path(run_dir) / DB_NAME).resolve().as_uri() + "?mode=ro"  # any characters in the path, percent-encoded
+    return sqlite3.connect(uri, uri=True, timeout=60)
 
 
 class _Transaction:
